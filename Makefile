@@ -1,0 +1,33 @@
+# Each target creates .venv and installs the project into it on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PTBXL_DIR ?= $(abspath ../shared/data/ptb-xl)
+DEMO_DIR ?= demo_out
+export PTBXL_DIR
+
+.PHONY: venv test test-all demo bench clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m 'slow or not slow' tests
+
+demo: $(STAMP)
+	$(PY) -m experiments.demo --workdir=$(DEMO_DIR)
+
+bench: $(STAMP)
+	$(PY) -m experiments.benchmark --what=train_step --what=pipeline --what=embed
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,49 @@
+"""jepa_ecg: ECG-JEPA self-supervised pre-training of ViTs on 12-lead ECGs in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    'jax>=0.4.35',
+    'flax>=0.10',
+    'optax>=0.2.3',
+    'orbax-checkpoint>=0.9',
+    'numpy>=1.26',
+    'scipy>=1.11',
+    'pandas>=2.0',
+    'wfdb>=4.1',
+    'h5py>=3.9',
+    'tensorflow-cpu>=2.16; platform_machine == "x86_64"',
+    'tensorflow>=2.16; platform_machine != "x86_64"',
+    'tensorflow-datasets>=4.9.6',
+    'absl-py>=2.0',
+    'ml_collections>=0.1.1',
+    'tensorboardX>=2.6',
+    'matplotlib>=3.8',
+    'tqdm>=4.66',
+    'psutil>=5.9',
+    'etils[epath]',
+]
+
+setup(
+    name='jepa_ecg',
+    version='0.1.0',
+    description=__doc__,
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    packages=find_packages(include=['jepa_ecg', 'jepa_ecg.*',
+                                    'tfds_builders', 'tfds_builders.*']),
+    package_data={'tfds_builders': ['*/*.txt', '*/*.bib', '*/*.md',
+                                    '*/dummy_data/**/*']},
+    include_package_data=True,
+    install_requires=CORE,
+    extras_require={
+        'test': ['pytest>=7', 'pytest-xdist>=3', 'scikit-learn>=1.3',
+                 'nbformat>=5.9', 'nbclient>=0.10', 'ipykernel>=6.29'],
+        'tpu': ['jax[tpu]'],
+        'cuda': ['jax[cuda12]'],
+        'torch': ['torch>=2.1'],
+    },
+    entry_points={'console_scripts': ['jepa-ecg=jepa_ecg.cli:main']},
+)

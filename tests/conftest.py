@@ -1,0 +1,33 @@
+"""Shared test setup: fake CPU devices and the location of real PTB-XL data."""
+
+import os
+import pathlib
+
+# Several fake CPU devices so data-parallel code runs for real on one CPU.
+# Must be set before jax is imported anywhere.
+if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_force_host_platform_device_count=4').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _ptbxl_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get(
+      'PTBXL_DIR', REPO.parent / 'shared' / 'data' / 'ptb-xl'))
+
+
+@pytest.fixture(scope='session')
+def ptbxl_dir() -> pathlib.Path:
+  """The real PTB-XL folder; skipped when absent unless data is required."""
+  path = _ptbxl_dir()
+  if not (path / 'ptbxl_database.csv').exists():
+    msg = f'PTB-XL not found at {path} (set PTBXL_DIR)'
+    if os.environ.get('JEPA_ECG_REQUIRE_DATA') == '1':
+      pytest.fail(msg + ' and JEPA_ECG_REQUIRE_DATA=1')
+    pytest.skip(msg)
+  return path
