@@ -117,7 +117,7 @@ def bucketed_length(num_keep: int, num_patches: int, bucket: int) -> int:
 
     Rounding the token count up to a multiple of `bucket` bounds how many
     shapes the jitted step sees: with N=200, keep ratio in [0.15, 0.25] and
-    bucket 10 there are three (30, 40, 50).
+    bucket 10 there are at most three (30, 40, 50).
     """
     if bucket <= 0:
         return num_patches

@@ -1,0 +1,164 @@
+"""ECG-JEPA objective and train step as pure functions of pytrees.
+
+State: the context encoder + predictor params (trained), the target encoder
+params (EMA of the context encoder), the optimiser state, the step and a
+PRNG key. The step takes a global batch: `signal` (B, T, leads),
+`keep_idx`/`keep_valid` (B, K) and `predict_mask` (B, N).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from jepa_ecg.models import ModelConfig, build_encoder, build_predictor
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any          # {'encoder': ..., 'predictor': ...}
+    target_params: Any   # EMA of params['encoder']
+    opt_state: Any
+    rng: jax.Array
+
+
+def init_params(rng: jax.Array, cfg: ModelConfig) -> dict:
+    """Initial encoder and predictor params (float32)."""
+    enc_key, pred_key = jax.random.split(rng)
+    encoder, predictor = build_encoder(cfg, dtype='float32'), build_predictor(cfg, dtype='float32')
+    n = cfg.num_patches
+    x = jnp.zeros((1, cfg.window_samples, cfg.num_leads), jnp.float32)
+    enc = encoder.init(enc_key, x)['params']
+    k = max(1, n // 4)
+    pred = predictor.init(pred_key, jnp.zeros((1, k, cfg.dim)), jnp.zeros((1, k), jnp.int32),
+                          jnp.ones((1, k), bool), jnp.zeros((1, n), bool))['params']
+    return {'encoder': enc, 'predictor': pred}
+
+
+def init_train_state(rng: jax.Array, cfg: ModelConfig, tx: optax.GradientTransformation
+                     ) -> TrainState:
+    param_key, state_key = jax.random.split(rng)
+    params = init_params(param_key, cfg)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      target_params=jax.tree_util.tree_map(jnp.copy, params['encoder']),
+                      opt_state=tx.init(params), rng=state_key)
+
+
+def ema_update(target, online, momentum):
+    """target <- momentum * target + (1 - momentum) * online, leafwise."""
+    return jax.tree_util.tree_map(lambda t, o: momentum * t + (1. - momentum) * o, target, online)
+
+
+def masked_l1(pred: jax.Array, target: jax.Array, predict_mask: jax.Array) -> jax.Array:
+    """Mean absolute error over the masked positions and all channels."""
+    w = predict_mask[..., None].astype(jnp.float32)
+    err = jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32)) * w
+    return err.sum() / (w.sum() * pred.shape[-1])
+
+
+def effective_rank(features: jax.Array) -> jax.Array:
+    """exp(entropy) of the normalised singular values of centred features (B, D).
+
+    Near 1 means the embeddings collapsed onto a line; up to min(B, D).
+    """
+    x = features.astype(jnp.float32)
+    x = x - x.mean(axis=0, keepdims=True)
+    # Eigenvalues of the (D, D) Gram matrix are the squared singular values.
+    eig = jnp.clip(jnp.linalg.eigvalsh(x.T @ x), 0.0, None)
+    s = jnp.sqrt(eig)
+    p = s / jnp.maximum(s.sum(), 1e-12)
+    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+    return jnp.exp(entropy)
+
+
+def global_norm(tree) -> jax.Array:
+    return optax.global_norm(tree)
+
+
+def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation,
+                    schedules: dict[str, Callable], *, dtype: str = 'float32',
+                    grad_accum_steps: int = 1, rank_every: int = 1) -> Callable:
+    """Builds `train_step(state, batch) -> (state, metrics)` (not yet jitted).
+
+    Args:
+      cfg: model config.
+      tx: optax transformation (see training.optim.make_optimizer).
+      schedules: dict with the 'momentum' schedule (and 'lr', 'wd' to log).
+      dtype: compute dtype, 'float32' or 'bfloat16'; params stay float32.
+      grad_accum_steps: split the batch into this many micro-batches and
+        average their gradients before one optimiser update.
+      rank_every: compute the effective rank of target embeddings on steps
+        whose new step count is a multiple of this (0 in other steps): an
+        eigendecomposition is not free.
+    """
+    encoder = build_encoder(cfg, dtype=dtype)
+    predictor = build_predictor(cfg, dtype=dtype)
+
+    def loss_fn(params, target_params, batch):
+        targets = encoder.apply({'params': target_params}, batch['signal'])
+        targets = jax.lax.stop_gradient(targets)
+        context = encoder.apply({'params': params['encoder']}, batch['signal'],
+                                batch['keep_idx'], batch['keep_valid'])
+        pred = predictor.apply({'params': params['predictor']}, context, batch['keep_idx'],
+                               batch['keep_valid'], batch['predict_mask'])
+        loss = masked_l1(pred, targets, batch['predict_mask'])
+        return loss, targets
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def micro_batches(batch):
+        # Strided split keeps each micro-batch spread over the data axis.
+        def split(x):
+            b = x.shape[0]
+            if b % grad_accum_steps:
+                raise ValueError(f'batch {b} not divisible by grad_accum_steps={grad_accum_steps}')
+            x = x.reshape((b // grad_accum_steps, grad_accum_steps) + x.shape[1:])
+            return jnp.moveaxis(x, 1, 0)
+        return jax.tree_util.tree_map(split, batch)
+
+    def train_step(state: TrainState, batch: dict):
+        if grad_accum_steps == 1:
+            (loss, targets), grads = grad_fn(state.params, state.target_params, batch)
+        else:
+            def body(carry, mb):
+                loss_sum, grad_sum = carry
+                (l, t), g = grad_fn(state.params, state.target_params, mb)
+                return (loss_sum + l, jax.tree_util.tree_map(jnp.add, grad_sum, g)), t
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+            (loss, grads), targets = jax.lax.scan(body, (jnp.zeros(()), zeros),
+                                                  micro_batches(batch))
+            loss = loss / grad_accum_steps
+            grads = jax.tree_util.tree_map(lambda g: g / grad_accum_steps, grads)
+            targets = targets.reshape((-1,) + targets.shape[2:])
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        momentum = schedules['momentum'](state.step)
+        target_params = ema_update(state.target_params, params['encoder'], momentum)
+
+        pooled = targets.astype(jnp.float32).mean(axis=1)  # (B, D) per-record embedding
+        if rank_every > 0:
+            rank = jax.lax.cond((state.step + 1) % rank_every == 0, effective_rank,
+                                lambda x: jnp.zeros((), jnp.float32), pooled)
+        else:
+            rank = jnp.zeros((), jnp.float32)
+        metrics = {
+            'loss': loss,
+            'grad_norm': global_norm(grads),
+            'param_norm': global_norm(params),
+            'lr': schedules['lr'](state.step),
+            'wd': schedules['wd'](state.step),
+            'momentum': momentum,
+            'target_std': jnp.std(targets.astype(jnp.float32), axis=0).mean(),
+            'target_rank': rank,
+        }
+        new_state = state.replace(step=state.step + 1, params=params,
+                                  target_params=target_params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step

@@ -1,0 +1,83 @@
+"""Model variants and the shape facts that follow from sampling rate and window."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+VARIANTS: dict[str, dict[str, int]] = {
+    'XS': dict(dim=192, depth=8, num_heads=4, pred_dim=96, pred_depth=8, pred_num_heads=4),
+    'S': dict(dim=384, depth=8, num_heads=6, pred_dim=192, pred_depth=8, pred_num_heads=6),
+    'B': dict(dim=768, depth=12, num_heads=12, pred_dim=384, pred_depth=12, pred_num_heads=12),
+    # Not a published size: for smoke runs and tests only.
+    'tiny': dict(dim=32, depth=2, num_heads=2, pred_dim=16, pred_depth=1, pred_num_heads=2),
+}
+
+PATCH_SECONDS = 0.05  # one token = 50 ms of all leads
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild an encoder/predictor pair.
+
+    `patch_size` defaults to 50 ms at `fs` (25 samples at 500 Hz, 5 at 100 Hz).
+    `num_patches` is the number of positions of the full pre-training window;
+    shorter inputs (e.g. 2.5 s fine-tuning crops) use its first positions.
+    """
+    variant: str = 'XS'
+    dim: int = 192
+    depth: int = 8
+    num_heads: int = 4
+    pred_dim: int = 96
+    pred_depth: int = 8
+    pred_num_heads: int = 4
+    mlp_ratio: float = 4.0
+    num_leads: int = 12
+    fs: float = 500.0
+    window_seconds: float = 10.0
+    patch_size: int = 25
+    num_registers: int = 1
+    bias: bool = False
+    qkv_bias: bool = False
+    norm_eps: float = 1e-6
+    dtype: str = 'float32'
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.fs * self.window_seconds))
+
+    @property
+    def num_patches(self) -> int:
+        if self.window_samples % self.patch_size:
+            raise ValueError(f'window of {self.window_samples} samples is not a multiple '
+                             f'of patch_size={self.patch_size}')
+        return self.window_samples // self.patch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> 'ModelConfig':
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in dict(d).items() if k in names})
+
+
+def model_config(variant: str = 'XS', *, fs: float = 500.0, window_seconds: float = 10.0,
+                 patch_size: int | None = None, **overrides) -> ModelConfig:
+    """Builds the config of a named variant at a sampling rate.
+
+    Args:
+      variant: one of VARIANTS ('XS', 'S', 'B', or 'tiny' for tests).
+      fs: sampling rate of the model's input in Hz.
+      window_seconds: pre-training window length.
+      patch_size: samples per token; default 50 ms at `fs`.
+      **overrides: any other ModelConfig field.
+    """
+    try:
+        shape = VARIANTS[variant]
+    except KeyError:
+        raise ValueError(f'unknown variant {variant!r}; choose from {sorted(VARIANTS)}') from None
+    if patch_size is None:
+        patch_size = int(round(fs * PATCH_SECONDS))
+    return ModelConfig(variant=variant, fs=float(fs), window_seconds=float(window_seconds),
+                       patch_size=int(patch_size), **{**shape, **overrides})

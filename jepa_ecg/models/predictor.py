@@ -1,0 +1,67 @@
+"""The JEPA predictor: context tokens + mask tokens -> predicted target tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jepa_ecg.models.layers import Block, layer_norm, sincos_pos_embed, trunc_normal
+
+Dtype = Any
+
+
+class Predictor(nn.Module):
+    """Predicts the target encoder's outputs at every masked patch in one pass.
+
+    The predictor attends over exactly one token per patch position: the
+    projected context-encoder output where the patch was kept, a learnable
+    mask token where it was masked, each plus the sin-cos position of its
+    patch. Attention is permutation-equivariant, so laying the tokens out in
+    patch order gives the same outputs as [kept..., masked...] ordering while
+    avoiding gathers and padding (the sequence is always N tokens long).
+    """
+    dim: int
+    pred_dim: int
+    depth: int
+    num_heads: int
+    num_patches: int
+    residual_depth: int
+    mlp_ratio: float = 4.0
+    bias: bool = False
+    qkv_bias: bool = False
+    norm_eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, context: jax.Array, keep_idx: jax.Array, keep_valid: jax.Array,
+                 predict_mask: jax.Array) -> jax.Array:
+        """Args:
+          context: (B, K, dim) context-encoder outputs (registers removed).
+          keep_idx: (B, K) patch index of each context token.
+          keep_valid: (B, K) False for padding context tokens.
+          predict_mask: (B, N) True at the patches to predict.
+
+        Returns:
+          (B, N, dim) predictions; only positions with predict_mask are meaningful.
+        """
+        n = predict_mask.shape[1]
+        embedded = nn.Dense(self.pred_dim, use_bias=self.bias, dtype=self.dtype,
+                            kernel_init=trunc_normal(0.02), name='embed')(context.astype(self.dtype))
+        # Place each valid context token at its patch position (padding lands nowhere).
+        placement = (jax.nn.one_hot(keep_idx, n, dtype=self.dtype) *
+                     keep_valid[..., None].astype(self.dtype))  # (B, K, N)
+        placed = jnp.einsum('bkn,bkd->bnd', placement, embedded)
+        mask_token = self.param('mask_token', trunc_normal(0.02), (1, 1, self.pred_dim))
+        tokens = jnp.where(predict_mask[..., None], mask_token.astype(self.dtype), placed)
+        pos = jnp.asarray(sincos_pos_embed(self.pred_dim, self.num_patches)[:n], self.dtype)
+        tokens = tokens + pos[None]
+        for i in range(self.depth):
+            tokens = Block(self.pred_dim, self.num_heads, self.mlp_ratio, self.qkv_bias,
+                           self.bias, 0.0, self.norm_eps, residual_depth=self.residual_depth,
+                           dtype=self.dtype, name=f'blocks_{i}')(tokens)
+        tokens = layer_norm(self.bias, self.norm_eps, self.dtype, 'norm')(tokens)
+        return nn.Dense(self.dim, use_bias=self.bias, dtype=self.dtype,
+                        kernel_init=trunc_normal(0.02), name='proj')(tokens)

@@ -1,0 +1,97 @@
+"""1D-patch Vision Transformer encoder for 12-lead ECGs."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jepa_ecg.models.layers import Block, layer_norm, sincos_pos_embed, trunc_normal
+
+Dtype = Any
+
+
+def patchify(x: jax.Array, patch_size: int) -> jax.Array:
+    """(B, T, C) -> (B, T // patch, patch * C), time-major inside a patch."""
+    b, t, c = x.shape
+    if t % patch_size:
+        raise ValueError(f'input length {t} is not a multiple of patch_size={patch_size}')
+    return x.reshape(b, t // patch_size, patch_size * c)
+
+
+def gather_tokens(tokens: jax.Array, idx: jax.Array) -> jax.Array:
+    """tokens[b, idx[b, k]] as a one-hot matmul (no gather, no scatter in the backward pass)."""
+    onehot = jax.nn.one_hot(idx, tokens.shape[1], dtype=tokens.dtype)  # (B, K, N)
+    return jnp.einsum('bkn,bnd->bkd', onehot, tokens)
+
+
+class VisionTransformer(nn.Module):
+    """ECG ViT: patch embedding + sin-cos positions + registers + pre-LN blocks.
+
+    The patch embedding is a strided convolution over all leads at once
+    (kernel = stride = patch_size), written as reshape + matmul.
+    """
+    dim: int
+    depth: int
+    num_heads: int
+    patch_size: int
+    num_patches: int
+    num_leads: int = 12
+    mlp_ratio: float = 4.0
+    num_registers: int = 1
+    bias: bool = False
+    qkv_bias: bool = False
+    norm_eps: float = 1e-6
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, keep_idx: Optional[jax.Array] = None,
+                 keep_valid: Optional[jax.Array] = None, *, keep_registers: bool = False,
+                 deterministic: bool = True) -> jax.Array:
+        """Encodes a batch of ECGs.
+
+        Args:
+          x: (B, T, leads) normalised signals, T a multiple of patch_size and
+            at most num_patches * patch_size.
+          keep_idx: optional (B, K) indices of the patches to encode (context
+            encoder); None encodes all patches (target encoder, inference).
+          keep_valid: optional (B, K) bool, False for padding entries of keep_idx.
+          keep_registers: return the register tokens first in the output.
+          deterministic: disables dropout.
+
+        Returns:
+          (B, K or N, dim) token outputs after the final LayerNorm, with
+          `num_registers` register tokens prepended when keep_registers.
+        """
+        patches = patchify(x.astype(self.dtype), self.patch_size)
+        n = patches.shape[1]
+        if n > self.num_patches:
+            raise ValueError(f'{n} patches exceed the model\'s {self.num_patches} positions')
+        tokens = nn.Dense(self.dim, use_bias=self.bias, dtype=self.dtype,
+                          kernel_init=trunc_normal(0.02), name='patch_embed')(patches)
+        pos = jnp.asarray(sincos_pos_embed(self.dim, self.num_patches)[:n], self.dtype)
+        tokens = tokens + pos[None]
+        if keep_idx is not None:
+            tokens = gather_tokens(tokens, keep_idx)
+        b = tokens.shape[0]
+        key_valid = None
+        if self.num_registers > 0:
+            registers = self.param('registers', trunc_normal(0.02),
+                                   (1, self.num_registers, self.dim))
+            registers = jnp.broadcast_to(registers.astype(self.dtype),
+                                         (b, self.num_registers, self.dim))
+            tokens = jnp.concatenate([registers, tokens], axis=1)
+        if keep_valid is not None:
+            key_valid = jnp.concatenate(
+                [jnp.ones((b, self.num_registers), bool), keep_valid.astype(bool)], axis=1)
+        for i in range(self.depth):
+            tokens = Block(self.dim, self.num_heads, self.mlp_ratio, self.qkv_bias, self.bias,
+                           self.dropout, self.norm_eps, residual_depth=self.depth,
+                           dtype=self.dtype, name=f'blocks_{i}')(tokens, key_valid, deterministic)
+        tokens = layer_norm(self.bias, self.norm_eps, self.dtype, 'norm')(tokens)
+        if not keep_registers:
+            tokens = tokens[:, self.num_registers:]
+        return tokens

@@ -1,0 +1,79 @@
+"""Data parallelism over a 1D device mesh: batch sharded, state replicated.
+
+The same code runs on one CPU, the 8 cores of a TPU host or a multi-host
+pod: every process passes its local share of the batch and gets a global
+`jax.Array` laid out over all devices.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = 'data'
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with one 'data' axis over `devices` (default: all, every process)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+    """This process's share of the global batch; checks divisibility."""
+    n_dev = mesh.devices.size
+    if global_batch_size % n_dev:
+        raise ValueError(f'global batch {global_batch_size} is not divisible by the '
+                         f'{n_dev} devices of the mesh')
+    n_proc = jax.process_count()
+    return global_batch_size // n_proc
+
+
+def host_to_global(batch: dict, mesh: Mesh) -> dict:
+    """Assembles each process's local numpy batch into global sharded arrays."""
+    sharding = batch_sharded(mesh)
+    n_proc = jax.process_count()
+
+    def put(x):
+        x = np.asarray(x)
+        global_shape = (x.shape[0] * n_proc,) + x.shape[1:]
+        return jax.make_array_from_process_local_data(sharding, x, global_shape)
+    return jax.tree_util.tree_map(put, batch)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places a pytree (identical on every process) replicated over the mesh."""
+    sharding = replicated(mesh)
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_callback(np.shape(x), sharding,
+                                               lambda idx: np.asarray(x)[idx]), tree)
+
+
+def initialize_distributed() -> None:
+    """Calls jax.distributed.initialize() when launched as one of several processes.
+
+    On TPU pods and SLURM/Kubernetes GPU clusters JAX finds the coordinator
+    by itself; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID. Does nothing for a plain single-process run.
+    """
+    n = os.environ.get('JAX_NUM_PROCESSES')
+    if n is not None and int(n) > 1:
+        # Only affects CPU devices; must be set before the backends start.
+        jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+        jax.distributed.initialize(
+            coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
+            num_processes=int(n), process_id=int(os.environ['JAX_PROCESS_ID']))
+    elif any(k in os.environ for k in ('TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS')):
+        jax.distributed.initialize()
