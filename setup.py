@@ -22,6 +22,7 @@ CORE = [
     'tqdm>=4.66',
     'psutil>=5.9',
     'etils[epath]',
+    'importlib_resources',  # TFDS builds need it and do not declare it
 ]
 
 setup(

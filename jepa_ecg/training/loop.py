@@ -131,7 +131,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     train_step = jax.jit(step_fn, in_shardings=(repl, batch_sh), out_shardings=(repl, repl),
                          donate_argnums=(0,))
-    it = (input_iterator_fn or (lambda s: make_input_iterator(config, cfg, s)))(start_step)
+    source_iter = (input_iterator_fn or (lambda s: make_input_iterator(config, cfg, s)))(start_step)
+
+    def model_inputs():
+        for batch in source_iter:
+            # Only what the step consumes goes to the devices.
+            yield {k: batch[k] for k in ('signal', 'keep_idx', 'keep_valid', 'predict_mask')}
+    it = model_inputs()
     writer = MetricsWriter(workdir)
     meta_base = {'model': cfg.to_dict(), 'seed': config.seed,
                  'global_batch_size': config.global_batch_size}
@@ -178,6 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             checkpoint.save(manager, step, state, {**meta_base, 'step': step, 'data_step': step},
                             force=step == total)
     finally:
+        if hasattr(source_iter, 'close'):
+            source_iter.close()
         manager.wait_until_finished()
         manager.close()
         writer.close()

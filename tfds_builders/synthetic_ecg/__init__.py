@@ -1,0 +1,1 @@
+"""Procedurally generated 12-lead ECG dataset (offline default for demos and tests)."""
