@@ -40,7 +40,7 @@ setup(
     include_package_data=True,
     install_requires=CORE,
     extras_require={
-        'test': ['pytest>=7', 'pytest-xdist>=3', 'scikit-learn>=1.3',
+        'test': ['pytest>=7', 'pytest-xdist>=3', 'scikit-learn>=1.3', 'dill',
                  'nbformat>=5.9', 'nbclient>=0.10', 'ipykernel>=6.29'],
         'tpu': ['jax[tpu]'],
         'cuda': ['jax[cuda12]'],

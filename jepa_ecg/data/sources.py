@@ -12,22 +12,22 @@ from typing import Mapping
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """How to read one source.
+    """How to read one source.
 
-  Attributes:
-    name: short key used in configs and mixtures.
-    tfds_name: `builder/config` name registered by `tfds_builders`.
-    native_fs: sampling rate the records are stored at (Hz); None when it
-      varies per record (the example's `fs` feature then says).
-    train_split: TFDS split expression for the pre-training/statistics split.
-    highpass_hz: cut-off of the zero-phase Butterworth high-pass applied
-      before anything else, or None.
-  """
-  name: str
-  tfds_name: str
-  native_fs: float | None
-  train_split: str = 'train'
-  highpass_hz: float | None = None
+    Attributes:
+        name: short key used in configs and mixtures.
+        tfds_name: `builder/config` name registered by `tfds_builders`.
+        native_fs: sampling rate the records are stored at (Hz); None when it
+            varies per record (the example's `fs` feature then says).
+        train_split: TFDS split expression for the pre-training/statistics split.
+        highpass_hz: cut-off of the zero-phase Butterworth high-pass applied
+            before anything else, or None.
+    """
+    name: str
+    tfds_name: str
+    native_fs: float | None
+    train_split: str = 'train'
+    highpass_hz: float | None = None
 
 
 PTBXL_TRAIN_FOLDS = '+'.join(f'fold{i}' for i in range(1, 9))
@@ -70,7 +70,7 @@ MIXTURES: dict[str, Mapping[str, float]] = {
 
 
 def get_source(name: str) -> Source:
-  try:
-    return SOURCES[name]
-  except KeyError:
-    raise KeyError(f'unknown source {name!r}; known: {sorted(SOURCES)}') from None
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise KeyError(f'unknown source {name!r}; known: {sorted(SOURCES)}') from None

@@ -1,0 +1,1 @@
+"""The cinc2021 TFDS dataset (see README.md)."""

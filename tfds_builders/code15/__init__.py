@@ -1,0 +1,1 @@
+"""The code15 TFDS dataset (see README.md)."""

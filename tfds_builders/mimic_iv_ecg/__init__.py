@@ -1,0 +1,1 @@
+"""The mimic_iv_ecg TFDS dataset (see README.md)."""

@@ -1,0 +1,1 @@
+"""The ptb_xl TFDS dataset (see README.md)."""
