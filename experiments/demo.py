@@ -39,10 +39,9 @@ def pretrain_config(steps: int, batch: int, variant: str):
 
 def main(argv):
     del argv
-    from experiments.pretrain import hide_accelerators_from_tensorflow
-    hide_accelerators_from_tensorflow()
     from jepa_ecg.data import pipeline, stats
-    from jepa_ecg.training import loop
+    from jepa_ecg.training import loop, parallel
+    parallel.hide_accelerators_from_tensorflow()
 
     workdir = os.path.abspath(FLAGS.workdir)
     data_dir = os.path.join(workdir, 'tfds')

@@ -20,22 +20,13 @@ flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and TensorBoard event
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def hide_accelerators_from_tensorflow():
-    import tensorflow as tf
-    for kind in ('GPU', 'TPU'):
-        try:
-            tf.config.set_visible_devices([], kind)
-        except (RuntimeError, ValueError):  # no such devices, or already initialised
-            pass
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError('Too many command-line arguments.')
     from jepa_ecg.training import parallel
     parallel.initialize_distributed()
     # TensorFlow (tf.data/TFDS) must not grab accelerators that JAX uses.
-    hide_accelerators_from_tensorflow()
+    parallel.hide_accelerators_from_tensorflow()
     from jepa_ecg.training import loop
     summary = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     logging.info('done: %s', summary)

@@ -158,6 +158,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             step += 1
             # Stage the next batch on device while this step runs.
             next_batch = parallel.host_to_global(next(it), mesh) if step < total else None
+            due_save = manager.should_save(step) or step == total
+            if due_save and step % config.log_every:
+                # Never write a non-finite state into a checkpoint.
+                loss = float(metrics['loss'])
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f'non-finite loss {loss} at step {step}; the last good checkpoint '
+                        f'is in {manager.directory}')
             if step % config.log_every == 0 or step == total:
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 if config.rank_every <= 0 or step % config.rank_every:
@@ -181,8 +189,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                              scalars['records_per_s'], _fmt_seconds(eta))
                 t_last, step_last = now, step
                 last = scalars
-            checkpoint.save(manager, step, state, {**meta_base, 'step': step, 'data_step': step},
-                            force=step == total)
+            if due_save:
+                checkpoint.save(manager, step, state,
+                                {**meta_base, 'step': step, 'data_step': step},
+                                force=step == total)
     finally:
         if hasattr(source_iter, 'close'):
             source_iter.close()

@@ -7,8 +7,9 @@ pod: every process passes its local share of the batch and gets a global
 
 from __future__ import annotations
 
+import collections
 import os
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -53,6 +54,31 @@ def host_to_global(batch: dict, mesh: Mesh) -> dict:
     return jax.tree_util.tree_map(put, batch)
 
 
+def prefetch_to_device(batches: Iterable[dict], mesh: Mesh, size: int = 2) -> Iterator[dict]:
+    """Yields global device batches, keeping `size` batches in flight.
+
+    `host_to_global` starts an asynchronous host-to-device copy, so while
+    the step on batch i runs, batches i+1..i+size are already being moved:
+    the step never waits for a transfer and nothing blocks the host (no
+    host sync). Items are local numpy batches as the input pipeline yields.
+    """
+    queue: collections.deque = collections.deque()
+    it = iter(batches)
+
+    def enqueue(n):
+        for _ in range(n):
+            try:
+                queue.append(host_to_global(next(it), mesh))
+            except StopIteration:
+                return
+
+    enqueue(max(1, size))
+    while queue:
+        batch = queue.popleft()
+        enqueue(1)
+        yield batch
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places a pytree (identical on every process) replicated over the mesh."""
     sharding = replicated(mesh)
@@ -77,3 +103,16 @@ def initialize_distributed() -> None:
             num_processes=int(n), process_id=int(os.environ['JAX_PROCESS_ID']))
     elif any(k in os.environ for k in ('TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS')):
         jax.distributed.initialize()
+
+
+def hide_accelerators_from_tensorflow() -> None:
+    """Keeps TensorFlow (used by TFDS) off the GPUs/TPUs that JAX uses."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return
+    for kind in ('GPU', 'TPU'):
+        try:
+            tf.config.set_visible_devices([], kind)
+        except (RuntimeError, ValueError):  # no such devices, or already initialised
+            pass

@@ -1,0 +1,294 @@
+"""Official ECG-JEPA PyTorch checkpoints -> our Flax encoder.
+
+    jepa-ecg import-torch ViTS_all.pt --out encoders/vits_all
+    # or: pip install 'jepa_ecg[torch]' first; torch is needed only to unpickle.
+
+Accepted checkpoints (github.com/kweimann/ECG-JEPA):
+  * a full pre-training checkpoint, `{'model': JEPA state dict, 'config':
+    dict, ...}`, whose state dict holds `encoder.*`, `target_encoder.*` and
+    `predictor.*`: the target encoder is converted;
+  * a minified one (`scripts/minify_pretrained_checkpoint.py`), `{'model':
+    {target_encoder.* only}, 'config': dict}`;
+  * a bare encoder state dict (no prefix) together with a config.
+
+Layout differences handled here (PyTorch -> Flax):
+  * `patch_embed.proj.weight` is a Conv1d kernel (dim, leads, patch); our
+    patch embedding is a Dense on time-major flattened patches (row p*leads+c),
+    so kernel[p * leads + c, d] = weight[d, c, p].
+  * `nn.Linear` weights are (out, in): transposed to Dense kernels (in, out).
+    The qkv output is ordered [q; k; v], each split into heads contiguously,
+    which is exactly our reshape of the qkv Dense output to (3, heads, head_dim).
+  * LayerNorm `weight`/`bias` -> `scale`/`bias`; `registers` (1, R, dim) as is.
+  * The official config names leads with `AVR` spelling and fixes their order
+    (`channels`); the encoder keeps that order (matched by name at inference).
+The sin-cos positional embedding is a non-persistent buffer in PyTorch and a
+constant here, so it is recomputed, not converted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from jepa_ecg.leads import canonical_lead_name
+from jepa_ecg.models.config import VARIANTS, ModelConfig
+
+PREFIXES = ('target_encoder.', 'encoder.')
+# Wrappers that prefix every key: DistributedDataParallel, torch.compile.
+_WRAPPER_PREFIXES = ('module.', '_orig_mod.')
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, 'detach'):  # a torch tensor, without importing torch
+        value = value.detach().cpu()
+        if str(value.dtype) == 'torch.bfloat16':
+            value = value.float()
+        value = value.numpy()
+    return np.asarray(value, np.float32)
+
+
+def _strip_wrappers(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in _WRAPPER_PREFIXES:
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    return key
+
+
+def select_encoder_state(state_dict: Mapping[str, Any], *, which: str = 'target_encoder'
+                         ) -> dict[str, np.ndarray]:
+    """The encoder's entries of a (JEPA or encoder) state dict, prefix removed.
+
+    Args:
+      state_dict: PyTorch state dict (tensors or numpy arrays).
+      which: 'target_encoder' (default, the EMA encoder to use downstream) or
+        'encoder' (the context encoder).
+
+    Returns:
+      {key without prefix: float32 numpy array}.
+
+    Raises:
+      ValueError: when no encoder weights are found.
+    """
+    clean = {_strip_wrappers(k): v for k, v in state_dict.items()}
+    prefix = which + '.'
+    picked = {k[len(prefix):]: _to_numpy(v) for k, v in clean.items() if k.startswith(prefix)}
+    if not picked and which == 'target_encoder':
+        # A checkpoint of the encoder alone (e.g. saved from a fine-tuning run).
+        picked = {k[len('encoder.'):]: _to_numpy(v) for k, v in clean.items()
+                  if k.startswith('encoder.')}
+    if not picked and any(k.startswith('blocks.') for k in clean):
+        picked = {k: _to_numpy(v) for k, v in clean.items()}
+    if not picked:
+        sample = sorted(clean)[:5]
+        raise ValueError(f'no {which} weights in the state dict (keys start {sample})')
+    return picked
+
+
+def model_config_from_torch(config: Mapping[str, Any], state: Mapping[str, np.ndarray] | None
+                            = None) -> tuple[ModelConfig, list[str]]:
+    """Our ModelConfig and lead order from an official config dict.
+
+    Args:
+      config: the checkpoint's `config` (keys dim, depth, num_heads,
+        patch_size, channel_size, sampling_frequency, channels, ...).
+      state: the encoder state dict, used to fill what the config lacks
+        (dim, depth, patch size, registers).
+
+    Returns:
+      (ModelConfig, lead names in the model's input order).
+    """
+    config = dict(config or {})
+    state = state or {}
+    if float(config.get('layer_scale_eps') or 0.0):
+        raise ValueError('checkpoints with LayerScale (layer_scale_eps > 0) are not supported')
+    w = state.get('patch_embed.proj.weight')
+    dim = int(config.get('dim') or (w.shape[0] if w is not None else 0))
+    depth = config.get('depth')
+    if depth is None:
+        depth = 1 + max((int(m.group(1)) for k in state
+                         if (m := re.match(r'blocks\.(\d+)\.', k))), default=-1)
+    patch = int(config.get('patch_size') or (w.shape[2] if w is not None else 25))
+    channels = list(config.get('channels') or [])
+    num_leads = len(channels) or (w.shape[1] if w is not None else 12)
+    if not channels:
+        from jepa_ecg.leads import LEADS  # pylint: disable=g-import-not-at-top
+        channels = list(LEADS)[:num_leads]
+    leads = [canonical_lead_name(str(c)) or str(c) for c in channels]
+    fs = float(config.get('sampling_frequency', 500))
+    channel_size = int(config.get('channel_size', round(10 * fs)))
+    if 'num_heads' not in config:
+        raise ValueError('the checkpoint config lacks num_heads (cannot be read off the weights)')
+    regs = state.get('registers')
+    num_registers = int(config.get('num_registers',
+                                   regs.shape[1] if regs is not None else 0))
+    shape = dict(dim=dim, depth=int(depth), num_heads=int(config['num_heads']))
+    variant = next((name for name, v in VARIANTS.items()
+                    if all(v[k] == shape[k] for k in shape)), 'custom')
+    cfg = ModelConfig(
+        variant=variant, **shape,
+        pred_dim=int(config.get('pred_dim', max(2, dim // 2))),
+        pred_depth=int(config.get('pred_depth', depth)),
+        pred_num_heads=int(config.get('pred_num_heads', config['num_heads'])),
+        mlp_ratio=float(config.get('mlp_ratio', 4.0)), num_leads=num_leads, fs=fs,
+        window_seconds=channel_size / fs, patch_size=patch, num_registers=num_registers,
+        bias=bool(config.get('bias', False)), qkv_bias=bool(config.get('qkv_bias', False)),
+        norm_eps=float(config.get('norm_eps', 1e-6)))
+    if channel_size % patch:
+        raise ValueError(f'channel_size {channel_size} is not a multiple of patch_size {patch}')
+    return cfg, leads
+
+
+def convert_encoder_state(state: Mapping[str, np.ndarray], cfg: ModelConfig) -> dict:
+    """Converts an official encoder state dict (prefix removed) to Flax params.
+
+    Args:
+      state: {'patch_embed.proj.weight': (dim, leads, patch), 'registers':
+        (1, R, dim), 'blocks.{i}.norm1.weight', 'blocks.{i}.attn.qkv.weight'
+        (3*dim, dim), ..., 'norm.weight'} as numpy arrays.
+      cfg: the model config (see `model_config_from_torch`).
+
+    Returns:
+      the params pytree of `build_encoder(cfg)`.
+
+    Raises:
+      ValueError: on missing, unexpected or mis-shaped entries.
+    """
+    state = {k: np.asarray(v, np.float32) for k, v in state.items()
+             if k != 'pos_embed'}  # a buffer, recomputed
+    used: set[str] = set()
+
+    def take(key: str, shape: tuple[int, ...]) -> np.ndarray:
+        if key not in state:
+            raise ValueError(f'missing {key!r} in the encoder state dict')
+        value = state[key]
+        if value.shape != shape:
+            raise ValueError(f'{key!r} has shape {value.shape}, expected {shape}')
+        used.add(key)
+        return value
+
+    def linear(prefix: str, d_in: int, d_out: int, bias: bool) -> dict:
+        out = {'kernel': np.ascontiguousarray(take(prefix + '.weight', (d_out, d_in)).T)}
+        if bias:
+            out['bias'] = take(prefix + '.bias', (d_out,))
+        return out
+
+    def norm(prefix: str) -> dict:
+        out = {'scale': take(prefix + '.weight', (cfg.dim,))}
+        if cfg.bias:
+            out['bias'] = take(prefix + '.bias', (cfg.dim,))
+        return out
+
+    d, c, p = cfg.dim, cfg.num_leads, cfg.patch_size
+    conv = take('patch_embed.proj.weight', (d, c, p))
+    # (dim, leads, patch) -> (patch, leads, dim) -> rows p * leads + c.
+    params: dict[str, Any] = {
+        'patch_embed': {'kernel': np.ascontiguousarray(conv.transpose(2, 1, 0).reshape(p * c, d))}}
+    if cfg.bias:
+        params['patch_embed']['bias'] = take('patch_embed.proj.bias', (d,))
+    if cfg.num_registers:
+        params['registers'] = take('registers', (1, cfg.num_registers, d))
+    hidden = int(d * cfg.mlp_ratio)
+    for i in range(cfg.depth):
+        b = f'blocks.{i}'
+        params[f'blocks_{i}'] = {
+            'norm1': norm(f'{b}.norm1'),
+            'attn': {'qkv': linear(f'{b}.attn.qkv', d, 3 * d, cfg.qkv_bias),
+                     'proj': linear(f'{b}.attn.proj', d, d, cfg.bias)},
+            'norm2': norm(f'{b}.norm2'),
+            'mlp': {'fc1': linear(f'{b}.mlp.fc1', d, hidden, cfg.bias),
+                    'fc2': linear(f'{b}.mlp.fc2', hidden, d, cfg.bias)},
+        }
+    params['norm'] = norm('norm')
+    unused = sorted(set(state) - used)
+    if unused:
+        raise ValueError(f'unexpected entries in the encoder state dict: {unused[:8]}'
+                         f'{" ..." if len(unused) > 8 else ""}')
+    return params
+
+
+def convert_checkpoint(checkpoint: Mapping[str, Any], *, which: str = 'target_encoder',
+                       config: Mapping[str, Any] | None = None
+                       ) -> tuple[ModelConfig, dict, list[str]]:
+    """An official checkpoint dict -> (ModelConfig, Flax params, lead order).
+
+    Args:
+      checkpoint: `{'model': state dict, 'config': dict}` (full or minified), or
+        a bare state dict when `config` is given.
+      which: 'target_encoder' or 'encoder'.
+      config: overrides/supplies the config dict.
+
+    Returns:
+      (config, params, leads).
+    """
+    if 'model' in checkpoint and isinstance(checkpoint['model'], Mapping):
+        state_dict = checkpoint['model']
+    elif 'state_dict' in checkpoint and isinstance(checkpoint['state_dict'], Mapping):
+        state_dict = checkpoint['state_dict']
+    else:
+        state_dict = {k: v for k, v in checkpoint.items() if k != 'config'}
+    cfg_dict = dict(checkpoint.get('config') or {})
+    if hasattr(checkpoint.get('config'), '__dataclass_fields__'):
+        import dataclasses  # pylint: disable=g-import-not-at-top
+        cfg_dict = dataclasses.asdict(checkpoint['config'])
+    cfg_dict.update(config or {})
+    state = select_encoder_state(state_dict, which=which)
+    cfg, leads = model_config_from_torch(cfg_dict, state)
+    return cfg, convert_encoder_state(state, cfg), leads
+
+
+def load_torch_checkpoint(path: str) -> Mapping[str, Any]:
+    """Unpickles a PyTorch checkpoint on CPU (needs the `[torch]` extra).
+
+    Raises:
+      ImportError: with the install hint when torch is missing.
+    """
+    try:
+        import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+        raise ImportError('reading a PyTorch checkpoint needs torch: '
+                          "pip install 'jepa_ecg[torch]' (or pip install torch)") from None
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception:  # pylint: disable=broad-except
+        # The official full checkpoints pickle optimizer state and plain
+        # Python objects that the safe loader refuses; they are the user's own
+        # downloads, so fall back to the full unpickler.
+        return torch.load(path, map_location='cpu', weights_only=False)
+
+
+def import_torch_checkpoint(path: str, out: str, *, which: str = 'target_encoder',
+                            lead_stats: Mapping[str, Any] | None = None,
+                            checkpoint: Mapping[str, Any] | None = None):
+    """Converts an official checkpoint file into an encoder directory.
+
+    Args:
+      path: the `.pt` file (read with torch unless `checkpoint` is given).
+      out: output encoder directory.
+      which: 'target_encoder' or 'encoder'.
+      lead_stats: normalisation statistics to store ({'mean', 'std'} in the
+        checkpoint's lead order); the official checkpoints carry none.
+      checkpoint: the already loaded checkpoint dict (tests, or torch-free
+        callers that unpickled it some other way).
+
+    Returns:
+      the saved `jepa_ecg.encoder.Encoder`.
+    """
+    from jepa_ecg import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
+    ckpt = checkpoint if checkpoint is not None else load_torch_checkpoint(path)
+    cfg, params, leads = convert_checkpoint(ckpt, which=which)
+    provenance = {'kind': 'official ECG-JEPA PyTorch checkpoint',
+                  'checkpoint': os.path.abspath(path) if path else None, 'weights': which}
+    for key in ('step', 'epoch'):
+        if isinstance(ckpt.get(key), (int, float)):
+            provenance[key] = ckpt[key]
+    enc = encoder_lib.Encoder(cfg, params, lead_stats=lead_stats, leads=leads,
+                              meta={'provenance': provenance})
+    enc.save(out)
+    enc.meta['path'] = os.path.abspath(out)
+    return enc

@@ -1,0 +1,462 @@
+"""Reading a user's own ECG files: WFDB, CSV, NPY/NPZ, and folders of them.
+
+Every reader returns `Record`s: a raw (time, leads) float32 signal in mV, its
+sampling rate and its lead names in storage order. Nothing is resampled,
+reordered or normalised here: `jepa_ecg.encoder.Encoder.preprocess` does that,
+matching leads by name.
+
+Formats:
+  * WFDB: `NAME.hea` with its signal file, format-16 `.dat` (PTB-XL,
+    MIMIC-IV-ECG) or MATLAB v4 `.mat` (`val`, leads x samples; PhysioNet/CinC
+    2021), any other WFDB format through the `wfdb` package. Sampling rate,
+    gains, baselines, units and lead names come from the header. A record may
+    be named by its `.hea`, its `.dat`/`.mat`, or its path without suffix.
+  * CSV: one column per lead, first row = lead names (`I,II,...,V6`; any
+    order, any case). A time column (`time`, `t`, `seconds`, `time_s`,
+    `timestamp`) gives the sampling rate when `fs` is not passed; an empty
+    first header cell (a pandas index) is dropped. Comma, semicolon or tab.
+  * NPY: a (time, leads) array, or (leads, time) when the first axis matches
+    the number of lead names and the second does not, or (records, time,
+    leads) for several records in one file. Needs `fs` and `leads` (lead
+    names default to the canonical 12-lead order, with a warning, when the
+    array has 12 columns).
+  * NPZ: the array under `signal` (or `signals`, `ecg`, `x`, `data`, or the
+    only array), optional `fs` and `leads` arrays inside the file, which win
+    over the defaults passed in.
+  * Folders: searched recursively for the above; other files are ignored.
+
+Array formats (CSV, NPY, NPZ) are in mV unless `units` says otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import re
+import warnings
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from jepa_ecg.leads import LEADS, canonical_lead_name
+
+RECORD_SUFFIXES = ('.hea', '.csv', '.npy', '.npz')
+SIGNAL_SUFFIXES = ('.dat', '.mat')
+_UNIT_TO_MV = {'mv': 1.0, 'uv': 1e-3, 'µv': 1e-3, 'μv': 1e-3, 'v': 1e3, 'nv': 1e-6}
+_TIME_COLUMNS = {'time', 't', 'seconds', 'second', 'sec', 's', 'time_s', 'time(s)',
+                 'timestamp', 'time [s]', 'elapsed time'}
+_NPZ_SIGNAL_KEYS = ('signal', 'signals', 'ecg', 'x', 'data')
+
+
+class AssumedLeadOrderWarning(UserWarning):
+    """An array file did not name its leads; the canonical order was assumed."""
+
+
+class RecordReadError(ValueError):
+    """A file could not be read as an ECG record; the message names the file."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f'{path}: {reason}')
+        self.path = path
+        self.reason = reason
+
+
+@dataclasses.dataclass
+class Record:
+    """One ECG record as stored.
+
+    Attributes:
+      name: record name (file stem; `stem[i]` for the i-th record of a file).
+      path: the file it was read from.
+      signal: (time, leads) float32 in mV.
+      fs: sampling rate (Hz).
+      leads: lead names in storage (column) order.
+      assumed_leads: True when the file did not name its leads and the
+        canonical order was assumed (NPY/NPZ without lead names).
+    """
+    name: str
+    path: str
+    signal: np.ndarray
+    fs: float
+    leads: list[str]
+    assumed_leads: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return self.signal.shape[0] / self.fs
+
+
+# --------------------------------------------------------------------- finding
+def find_records(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """Expands files and folders into the list of record files to read.
+
+    Folders are searched recursively (sorted) for `.hea`, `.csv`, `.npy` and
+    `.npz`; a `.dat`/`.mat` or suffix-less path naming a WFDB record becomes
+    its `.hea`. Paths that do not exist or have an unknown suffix are kept, so
+    that reading them reports a clear per-file error.
+
+    Args:
+      paths: files and folders.
+
+    Returns:
+      record file paths, duplicates removed, in input order.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def add(p: str) -> None:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+
+    for raw in paths:
+        path = os.fspath(raw)
+        if os.path.isdir(path):
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for f in sorted(files):
+                    if f.startswith('.'):
+                        continue
+                    if os.path.splitext(f)[1].lower() in RECORD_SUFFIXES:
+                        add(os.path.join(root, f))
+            continue
+        stem, suffix = os.path.splitext(path)
+        if suffix.lower() in SIGNAL_SUFFIXES and os.path.isfile(stem + '.hea'):
+            add(stem + '.hea')
+        elif not os.path.exists(path) and os.path.isfile(path + '.hea'):
+            add(path + '.hea')  # WFDB-style record name without suffix
+        else:
+            add(path)
+    return out
+
+
+# --------------------------------------------------------------------- reading
+def read_records(path: str | os.PathLike, *, fs: float | None = None,
+                 leads: Sequence[str] | None = None, units: str = 'mV') -> list[Record]:
+    """Reads every record in one file.
+
+    Args:
+      path: a record file (see the module docstring for formats).
+      fs: sampling rate for formats that do not store it (NPY, NPZ, CSV
+        without a time column).
+      leads: lead names for NPY/NPZ columns (in column order).
+      units: units of array formats: 'mV' (default), 'uV' or 'V'.
+
+    Returns:
+      a list of `Record` (one, except for 3-D arrays).
+
+    Raises:
+      RecordReadError: naming the file and what is wrong with it.
+    """
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if not os.path.exists(path):
+        raise RecordReadError(path, 'no such file')
+    if suffix not in RECORD_SUFFIXES:
+        if suffix == '.mat':
+            raise RecordReadError(path, 'a .mat signal file needs its WFDB header (.hea) '
+                                        'next to it')
+        raise RecordReadError(path, f'unsupported file type {suffix or "(none)"!r}; '
+                                    f'supported: {", ".join(RECORD_SUFFIXES + SIGNAL_SUFFIXES)}')
+    scale = _unit_scale(units, path)
+    try:
+        if suffix == '.hea':
+            return [read_wfdb(path)]
+        if suffix == '.csv':
+            return [_read_csv(path, fs, scale)]
+        return _read_array_file(path, fs, leads, scale)
+    except RecordReadError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, IndexError, TypeError) as e:
+        # Anything the parsers did not foresee still names the file.
+        raise RecordReadError(path, f'cannot read ({type(e).__name__}: {e})') from e
+
+
+def read_record(path: str | os.PathLike, **kwargs) -> Record:
+    """Reads a file holding exactly one record (see `read_records`)."""
+    records = read_records(path, **kwargs)
+    if len(records) != 1:
+        raise RecordReadError(os.fspath(path), f'holds {len(records)} records, expected one')
+    return records[0]
+
+
+def _unit_scale(units: str, path: str) -> float:
+    try:
+        return _UNIT_TO_MV[units.strip().lower()]
+    except KeyError:
+        raise RecordReadError(path, f'unknown units {units!r}; use mV, uV or V') from None
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _check_signal(path: str, signal: np.ndarray, leads: Sequence[str], fs: float | None
+                  ) -> None:
+    if fs is None:
+        raise RecordReadError(path, 'unknown sampling rate: pass fs (CLI: --fs)')
+    if not np.isfinite(fs) or fs <= 0:
+        raise RecordReadError(path, f'invalid sampling rate {fs}')
+    if signal.ndim != 2 or signal.shape[0] == 0:
+        raise RecordReadError(path, f'no samples (signal shape {signal.shape})')
+    if signal.shape[1] != len(leads):
+        raise RecordReadError(path, f'{signal.shape[1]} signal columns but {len(leads)} '
+                                    f'lead names {list(leads)}')
+    if np.isinf(signal).any():
+        raise RecordReadError(path, 'signal contains infinite values')
+    if np.isnan(signal).all():
+        raise RecordReadError(path, 'signal is all NaN')
+
+
+# WFDB ------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Header:
+    fs: float
+    num_samples: int | None
+    files: list[str]
+    formats: list[str]
+    offsets: list[int]
+    gains: list[float]
+    baselines: list[float]
+    units: list[str]
+    names: list[str]
+
+
+_GAIN_RE = re.compile(r'^(?P<gain>[-+0-9.eE]+)(?:\((?P<base>[-+0-9]+)\))?(?:/(?P<units>\S+))?$')
+
+
+def _parse_header(path: str) -> _Header:
+    """Parses a single-segment WFDB header; tolerates `NAME.mat` record names."""
+    with open(path, encoding='utf-8', errors='replace') as f:
+        text = f.read()
+    body = [ln.strip() for ln in text.splitlines()]
+    body = [ln for ln in body if ln and not ln.startswith('#')]
+    if not body:
+        raise RecordReadError(path, 'empty WFDB header')
+    first = body[0].split()
+    try:
+        if '/' in first[0]:
+            raise ValueError('multi-segment records are not supported')
+        num_signals = int(first[1])
+        fs = float(re.split(r'[/(]', first[2])[0]) if len(first) > 2 else 250.0
+        num_samples = int(first[3]) if len(first) > 3 else None
+    except (IndexError, ValueError) as e:
+        raise RecordReadError(path, f'bad WFDB record line {body[0]!r} ({e})') from None
+    if num_signals <= 0 or fs <= 0 or len(body) < num_signals + 1:
+        raise RecordReadError(path, f'bad WFDB header: {num_signals} signals, fs {fs}, '
+                                    f'{len(body) - 1} signal lines')
+    h = _Header(fs, num_samples, [], [], [], [], [], [], [])
+    for line in body[1:num_signals + 1]:
+        parts = line.split()
+        try:
+            h.files.append(parts[0])
+            fmt = parts[1]
+            # format[xsamples][:skew][+byte offset]
+            offset = int(fmt.split('+', 1)[1]) if '+' in fmt else 0
+            h.formats.append(re.split(r'[x:+]', fmt)[0])
+            h.offsets.append(offset)
+            gain, base, unit = 200.0, None, 'mV'
+            if len(parts) > 2:
+                m = _GAIN_RE.match(parts[2])
+                if m is None:
+                    raise ValueError(f'gain {parts[2]!r}')
+                gain = float(m['gain']) or 200.0  # WFDB: 0 means the default 200
+                base = int(m['base']) if m['base'] else None
+                unit = m['units'] or 'mV'
+            adc_zero = int(parts[4]) if len(parts) > 4 else 0
+            h.baselines.append(float(adc_zero if base is None else base))
+            h.gains.append(gain)
+            h.units.append(unit)
+            h.names.append(' '.join(parts[8:]) if len(parts) > 8 else f'ch{len(h.names)}')
+        except (IndexError, ValueError) as e:
+            raise RecordReadError(path, f'bad WFDB signal line {line!r} ({e})') from None
+    return h
+
+
+def read_wfdb(header_path: str) -> Record:
+    """Reads a WFDB record (header + `.dat`/`.mat`) into physical units (mV).
+
+    Args:
+      header_path: the `.hea` file.
+
+    Returns:
+      the `Record`; samples WFDB marks as missing (-32768) are NaN.
+
+    Raises:
+      RecordReadError: unreadable header, missing or truncated signal file.
+    """
+    h = _parse_header(header_path)
+    directory = os.path.dirname(header_path)
+    n = len(h.files)
+    if len(set(h.files)) == 1 and set(h.formats) == {'16'}:
+        digital = _read_format16(header_path, os.path.join(directory, h.files[0]), n,
+                                 h.offsets[0], h.num_samples)
+        scale = np.asarray([_UNIT_TO_MV.get(u.lower(), 1.0) for u in h.units], np.float32)
+        signal = ((digital.astype(np.float32) - np.asarray(h.baselines, np.float32))
+                  / np.asarray(h.gains, np.float32) * scale)
+        signal[digital == -32768] = np.nan
+        names = list(h.names)
+    else:
+        signal, names = _read_with_wfdb(header_path)
+    if h.num_samples and signal.shape[0] < h.num_samples:
+        raise RecordReadError(header_path, f'truncated: {signal.shape[0]} of '
+                                           f'{h.num_samples} samples in the signal file')
+    if h.num_samples:
+        signal = signal[:h.num_samples]
+    _check_signal(header_path, signal, names, h.fs)
+    return Record(_stem(header_path), header_path, signal.astype(np.float32, copy=False),
+                  h.fs, names)
+
+
+def _read_format16(header_path: str, path: str, n: int, offset: int,
+                   num_samples: int | None) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise RecordReadError(header_path, f'signal file {os.path.basename(path)} not found')
+    if path.lower().endswith('.mat'):
+        import scipy.io  # pylint: disable=g-import-not-at-top
+        try:
+            val = scipy.io.loadmat(path)['val']
+        except Exception as e:  # pylint: disable=broad-except
+            raise RecordReadError(path, f'corrupt or truncated MATLAB file ({e})') from None
+        val = np.asarray(val)
+        if val.ndim != 2 or val.shape[0] != n:
+            raise RecordReadError(path, f'`val` has shape {val.shape}, header says {n} signals')
+        return val.T
+    data = np.fromfile(path, dtype='<i2', offset=offset)
+    if data.size % n:
+        raise RecordReadError(path, f'truncated or corrupt: {data.size} samples do not '
+                                    f'divide into {n} signals')
+    if num_samples and data.size // n < num_samples:
+        raise RecordReadError(path, f'truncated: {data.size // n} of {num_samples} samples')
+    return data.reshape(-1, n)
+
+
+def _read_with_wfdb(header_path: str) -> tuple[np.ndarray, list[str]]:
+    import wfdb  # pylint: disable=g-import-not-at-top
+    try:
+        rec = wfdb.rdrecord(os.path.splitext(header_path)[0], physical=True, return_res=32)
+    except Exception as e:  # pylint: disable=broad-except
+        raise RecordReadError(header_path, f'wfdb cannot read it ({type(e).__name__}: {e})'
+                              ) from None
+    scale = np.asarray([_UNIT_TO_MV.get((u or 'mv').lower(), 1.0) for u in rec.units],
+                       np.float32)
+    return rec.p_signal.astype(np.float32) * scale, list(rec.sig_name)
+
+
+# CSV -------------------------------------------------------------------------
+def _read_csv(path: str, fs: float | None, scale: float) -> Record:
+    with open(path, newline='', encoding='utf-8-sig', errors='replace') as f:
+        head = f.readline()
+    if not head.strip():
+        raise RecordReadError(path, 'empty CSV file')
+    delimiter = max([',', ';', '\t'], key=head.count)
+    names = next(csv.reader([head], delimiter=delimiter))
+    names = [n.strip().strip('"') for n in names]
+    if all(_is_number(n) for n in names if n):
+        raise RecordReadError(path, 'the first row must name the leads (e.g. I,II,III,...)')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # "empty input file" is handled below
+        try:
+            data = np.genfromtxt(path, delimiter=delimiter, skip_header=1, dtype=np.float64,
+                                 encoding='utf-8-sig', invalid_raise=True)
+        except ValueError as e:
+            raise RecordReadError(path, f'malformed CSV rows ({str(e).strip().splitlines()[-1]})'
+                                  ) from None
+    data = np.atleast_2d(data)
+    if data.size == 0:
+        raise RecordReadError(path, 'no data rows after the header')
+    if data.shape[1] != len(names):
+        raise RecordReadError(path, f'{data.shape[1]} columns but {len(names)} header names')
+    keep = list(range(len(names)))
+    if names[0] == '':  # a pandas index column
+        keep.remove(0)
+    time_col = next((i for i in keep if names[i].lower() in _TIME_COLUMNS
+                     and canonical_lead_name(names[i]) is None), None)
+    if time_col is not None:
+        keep.remove(time_col)
+        if fs is None:
+            dt = np.diff(data[:, time_col])
+            dt = dt[np.isfinite(dt)]
+            if dt.size == 0 or np.median(dt) <= 0:
+                raise RecordReadError(path, f'time column {names[time_col]!r} does not give '
+                                            f'a sampling rate; pass fs (CLI: --fs)')
+            median = float(np.median(dt))
+            unit = 1e-3 if 'ms' in names[time_col].lower() else 1.0
+            fs = 1.0 / (median * unit)
+            fs = float(round(fs, 3))
+    signal = (data[:, keep] * scale).astype(np.float32)
+    leads = [names[i] for i in keep]
+    _check_signal(path, signal, leads, fs)
+    return Record(_stem(path), path, signal, float(fs), leads)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# NPY / NPZ -------------------------------------------------------------------
+def _read_array_file(path: str, fs: float | None, leads: Sequence[str] | None,
+                     scale: float) -> list[Record]:
+    if path.lower().endswith('.npy'):
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as e:  # pylint: disable=broad-except
+            raise RecordReadError(path, f'corrupt or truncated .npy ({e})') from None
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                contents = {k: z[k] for k in z.files}
+        except Exception as e:  # pylint: disable=broad-except
+            raise RecordReadError(path, f'corrupt or truncated .npz ({e})') from None
+        key = next((k for k in _NPZ_SIGNAL_KEYS if k in contents), None)
+        if key is None:
+            arrays = [k for k, v in contents.items() if v.ndim in (2, 3)]
+            if len(arrays) != 1:
+                raise RecordReadError(path, f'cannot tell the signal among arrays '
+                                            f'{sorted(contents)}; name it `signal`')
+            key = arrays[0]
+        arr = contents[key]
+        if 'fs' in contents:
+            fs = float(np.asarray(contents['fs']).reshape(-1)[0])
+        if 'leads' in contents:
+            leads = [str(n) for n in np.asarray(contents['leads']).reshape(-1)]
+    if not np.issubdtype(arr.dtype, np.number):
+        raise RecordReadError(path, f'array of dtype {arr.dtype} is not numeric')
+    if arr.ndim not in (2, 3):
+        raise RecordReadError(path, f'array of shape {arr.shape}: want (time, leads), '
+                                    f'(leads, time) or (records, time, leads)')
+    cols = arr.shape[-1]
+    assumed = False
+    if leads is None:
+        if 12 not in arr.shape[-2:]:
+            raise RecordReadError(path, f'array of shape {arr.shape}: pass the lead names '
+                                        f'(CLI: --leads I,II,...)')
+        warnings.warn(f'{path}: no lead names given; assuming the canonical order '
+                      f'{",".join(LEADS)} (pass --leads to be sure)', AssumedLeadOrderWarning,
+                      stacklevel=3)
+        leads = list(LEADS)
+        assumed = True
+    leads = [str(n).strip() for n in leads]
+    if cols != len(leads) and arr.shape[-2] == len(leads):
+        arr = np.swapaxes(arr, -1, -2)  # stored leads-first
+    signals = arr[None] if arr.ndim == 2 else arr
+    out = []
+    for i, sig in enumerate(signals):
+        sig = (np.asarray(sig, np.float32) * scale).astype(np.float32)
+        name = _stem(path) if arr.ndim == 2 else f'{_stem(path)}[{i}]'
+        _check_signal(path, sig, leads, fs)
+        out.append(Record(name, path, sig, float(fs), list(leads), assumed_leads=assumed))
+    return out
+
+
+def parse_leads(text: str | None) -> list[str] | None:
+    """'I,II,III,...' (comma or space separated) -> list of names, None for None/''."""
+    if not text:
+        return None
+    return [t for t in re.split(r'[,\s]+', text.strip()) if t]

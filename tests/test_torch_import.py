@@ -1,0 +1,235 @@
+"""Official PyTorch checkpoint layout -> our Flax encoder, checked without torch.
+
+The state dicts are built from numpy arrays with the official shapes and key
+names; the reference forward pass below is written from the PyTorch module
+semantics (Conv1d patch embedding on (B, C, T), nn.Linear y = x W^T + b,
+qkv reshaped to (B, N, 3, H, Dh)), independently of our Flax code.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.special
+
+from jepa_ecg import encoder as encoder_lib
+from jepa_ecg.interop import torch_import
+
+OFFICIAL_LEADS = ['I', 'II', 'III', 'AVR', 'AVL', 'AVF', 'V1', 'V2', 'V3', 'V4', 'V5', 'V6']
+
+
+def official_config(**overrides):
+    cfg = dict(sampling_frequency=100, channels=OFFICIAL_LEADS, channel_size=200, patch_size=5,
+               min_block_size=10, min_keep_ratio=0.15, max_keep_ratio=0.25,
+               datasets={'ptb-xl': 1.0}, dim=32, depth=2, num_heads=4, pred_dim=16,
+               pred_depth=1, pred_num_heads=2, mlp_ratio=4.0, qkv_bias=False, dropout=0.0,
+               attn_dropout=0.0, num_registers=1, bias=False, norm_eps=1e-6,
+               layer_scale_eps=0.0, steps=10, batch_size=8)
+    cfg.update(overrides)
+    return cfg
+
+
+def official_encoder_state(cfg, rng):
+    """Random weights under the official key names and shapes."""
+    d, c, p = cfg['dim'], len(cfg['channels']), cfg['patch_size']
+    h = int(d * cfg['mlp_ratio'])
+    s = {}
+
+    def w(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    s['patch_embed.proj.weight'] = w(d, c, p)
+    if cfg['bias']:
+        s['patch_embed.proj.bias'] = w(d)
+    if cfg['num_registers']:
+        s['registers'] = w(1, cfg['num_registers'], d)
+    for i in range(cfg['depth']):
+        b = f'blocks.{i}.'
+        for n in ('norm1', 'norm2'):
+            s[b + n + '.weight'] = 1 + w(d, scale=0.1)
+            if cfg['bias']:
+                s[b + n + '.bias'] = w(d, scale=0.1)
+        s[b + 'attn.qkv.weight'] = w(3 * d, d)
+        if cfg['qkv_bias']:
+            s[b + 'attn.qkv.bias'] = w(3 * d)
+        s[b + 'attn.proj.weight'] = w(d, d)
+        s[b + 'mlp.fc1.weight'] = w(h, d)
+        s[b + 'mlp.fc2.weight'] = w(d, h)
+        if cfg['bias']:
+            s[b + 'attn.proj.bias'] = w(d)
+            s[b + 'mlp.fc1.bias'] = w(h)
+            s[b + 'mlp.fc2.bias'] = w(d)
+    s['norm.weight'] = 1 + w(d, scale=0.1)
+    if cfg['bias']:
+        s['norm.bias'] = w(d, scale=0.1)
+    return s
+
+
+def reference_forward(state, cfg, x_bct):
+    """Official target-encoder forward in float64 numpy: (B, C, T) -> (B, N, dim)."""
+    x = x_bct.astype(np.float64)
+    st = {k: v.astype(np.float64) for k, v in state.items()}
+    d, p, heads = cfg['dim'], cfg['patch_size'], cfg['num_heads']
+    bsz, c, t = x.shape
+    n = t // p
+    # Conv1d(kernel=stride=p): out[b, d, j] = sum_{c,k} W[d, c, k] x[b, c, j*p + k].
+    xp = x.reshape(bsz, c, n, p)
+    tok = np.einsum('dck,bcjk->bjd', st['patch_embed.proj.weight'], xp)
+    if 'patch_embed.proj.bias' in st:
+        tok = tok + st['patch_embed.proj.bias']
+    position = np.arange(n)[:, None]
+    div = np.exp(np.arange(0, d, 2) * (-math.log(10000.0) / d))
+    pos = np.zeros((n, d))
+    pos[:, 0::2] = np.sin(position * div)
+    pos[:, 1::2] = np.cos(position * div)
+    tok = tok + pos
+    r = cfg['num_registers']
+    if r:
+        tok = np.concatenate([np.repeat(st['registers'], bsz, axis=0), tok], axis=1)
+
+    def ln(z, prefix):
+        mu = z.mean(-1, keepdims=True)
+        var = ((z - mu) ** 2).mean(-1, keepdims=True)
+        out = (z - mu) / np.sqrt(var + cfg['norm_eps']) * st[prefix + '.weight']
+        return out + st[prefix + '.bias'] if prefix + '.bias' in st else out
+
+    def lin(z, prefix):
+        out = z @ st[prefix + '.weight'].T
+        return out + st[prefix + '.bias'] if prefix + '.bias' in st else out
+
+    for i in range(cfg['depth']):
+        b = f'blocks.{i}'
+        hdn = ln(tok, b + '.norm1')
+        bb, nn_, cc = hdn.shape
+        qkv = lin(hdn, b + '.attn.qkv').reshape(bb, nn_, 3, heads, cc // heads)
+        qkv = qkv.transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        att = q @ k.transpose(0, 1, 3, 2) * (cc // heads) ** -0.5
+        att = np.exp(att - att.max(-1, keepdims=True))
+        att = att / att.sum(-1, keepdims=True)
+        a = (att @ v).transpose(0, 2, 1, 3).reshape(bb, nn_, cc)
+        tok = tok + lin(a, b + '.attn.proj')
+        hdn = ln(tok, b + '.norm2')
+        hdn = lin(hdn, b + '.mlp.fc1')
+        hdn = 0.5 * hdn * (1 + scipy.special.erf(hdn / math.sqrt(2)))
+        tok = tok + lin(hdn, b + '.mlp.fc2')
+    tok = ln(tok, 'norm')
+    return tok[:, r:]
+
+
+def full_checkpoint(cfg, rng):
+    target = official_encoder_state(cfg, rng)
+    context = official_encoder_state(cfg, rng)
+    model = {f'target_encoder.{k}': v for k, v in target.items()}
+    model.update({f'encoder.{k}': v for k, v in context.items()})
+    model['predictor.mask_token'] = np.zeros((1, 1, cfg['pred_dim']), np.float32)
+    model['predictor.embed.weight'] = np.zeros((cfg['pred_dim'], cfg['dim']), np.float32)
+    return {'model': model, 'config': cfg, 'step': 10}, target
+
+
+@pytest.mark.parametrize('overrides', [
+    {},
+    {'bias': True, 'qkv_bias': True, 'num_registers': 2, 'num_heads': 2},
+])
+def test_converted_forward_matches_reference(tmp_path, overrides):
+    rng = np.random.default_rng(0)
+    cfg = official_config(**overrides)
+    ckpt, target = full_checkpoint(cfg, rng)
+    enc = torch_import.import_torch_checkpoint('official.pt', str(tmp_path / 'enc'),
+                                               checkpoint=ckpt)
+    x_bct = rng.standard_normal((3, 12, cfg['channel_size'])).astype(np.float32)
+    want = reference_forward(target, cfg, x_bct)
+    got = np.asarray(enc.tokens(x_bct.transpose(0, 2, 1)))
+    assert got.shape == want.shape == (3, cfg['channel_size'] // cfg['patch_size'], cfg['dim'])
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    # The saved encoder file gives the same forward pass.
+    loaded = encoder_lib.load_encoder(str(tmp_path / 'enc'))
+    np.testing.assert_allclose(np.asarray(loaded.tokens(x_bct.transpose(0, 2, 1))), got,
+                               atol=1e-6)
+    assert loaded.config.fs == 100 and loaded.config.patch_size == 5
+    assert loaded.config.window_seconds == 2.0
+    assert loaded.leads[3] == 'aVR'  # official 'AVR' spelling mapped to the canonical name
+    assert loaded.meta['provenance']['weights'] == 'target_encoder'
+
+
+def test_minified_checkpoint_and_context_encoder(tmp_path):
+    rng = np.random.default_rng(1)
+    cfg = official_config()
+    ckpt, target = full_checkpoint(cfg, rng)
+    minified = {'model': {k: v for k, v in ckpt['model'].items()
+                          if k.startswith('target_encoder')}, 'config': cfg}
+    c1, p1, _ = torch_import.convert_checkpoint(ckpt)
+    c2, p2, leads = torch_import.convert_checkpoint(minified)
+    assert c1 == c2 and c1.variant == 'custom'
+    np.testing.assert_array_equal(p1['blocks_1']['attn']['qkv']['kernel'],
+                                  p2['blocks_1']['attn']['qkv']['kernel'])
+    # Layout facts: Linear (out, in) -> kernel (in, out); conv rows p * leads + c.
+    w = target['blocks.0.attn.qkv.weight']
+    np.testing.assert_array_equal(p1['blocks_0']['attn']['qkv']['kernel'], w.T)
+    conv = target['patch_embed.proj.weight']
+    np.testing.assert_array_equal(p1['patch_embed']['kernel'][3 * 12 + 7], conv[:, 7, 3])
+    _, p3, _ = torch_import.convert_checkpoint(ckpt, which='encoder')
+    assert not np.array_equal(p3['norm']['scale'], p1['norm']['scale'])
+    # DDP / torch.compile prefixes are stripped.
+    wrapped = {'model': {'module.' + k: v for k, v in minified['model'].items()},
+               'config': cfg}
+    _, p4, _ = torch_import.convert_checkpoint(wrapped)
+    np.testing.assert_array_equal(p4['norm']['scale'], p1['norm']['scale'])
+
+
+def test_reordered_channels_are_kept_by_name(tmp_path):
+    rng = np.random.default_rng(2)
+    mimic_order = ['I', 'II', 'III', 'AVR', 'AVF', 'AVL', 'V1', 'V2', 'V3', 'V4', 'V5', 'V6']
+    cfg = official_config(channels=mimic_order)
+    ckpt, _ = full_checkpoint(cfg, rng)
+    enc = torch_import.import_torch_checkpoint('x.pt', str(tmp_path / 'e'), checkpoint=ckpt)
+    assert enc.leads[4] == 'aVF' and enc.leads[5] == 'aVL'
+    # embed() matches user leads by name onto that order: swapping two
+    # columns together with their names changes nothing.
+    sig = rng.standard_normal((200, 12)).astype(np.float32)
+    names = list(mimic_order)
+    a = enc.embed(sig, 100, names, normalize='record').mean
+    swapped = sig[:, [0, 1, 2, 3, 5, 4, 6, 7, 8, 9, 10, 11]]
+    names_swapped = [names[i] for i in [0, 1, 2, 3, 5, 4, 6, 7, 8, 9, 10, 11]]
+    b = enc.embed(swapped, 100, names_swapped, normalize='record').mean
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_bad_checkpoints_are_refused():
+    rng = np.random.default_rng(3)
+    cfg = official_config()
+    ckpt, _ = full_checkpoint(cfg, rng)
+    with pytest.raises(ValueError, match='LayerScale'):
+        torch_import.convert_checkpoint({**ckpt, 'config': {**cfg, 'layer_scale_eps': 0.1}})
+    broken = dict(ckpt['model'])
+    broken['target_encoder.blocks.0.attn.qkv.weight'] = np.zeros((5, 5), np.float32)
+    with pytest.raises(ValueError, match='qkv'):
+        torch_import.convert_checkpoint({'model': broken, 'config': cfg})
+    with pytest.raises(ValueError, match='no target_encoder'):
+        torch_import.convert_checkpoint({'model': {'foo.bar': np.zeros(1)}, 'config': cfg})
+
+
+def test_torch_missing_gives_install_hint(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == 'torch':
+            raise ImportError('no torch')
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, '__import__', fake_import)
+    with pytest.raises(ImportError, match=r'jepa_ecg\[torch\]'):
+        torch_import.load_torch_checkpoint('whatever.pt')
+
+
+def test_cli_import_torch_without_torch_says_how_to_install(tmp_path, capsys):
+    # torch is an optional extra: this checks the message when it is absent.
+    import importlib.util
+    if importlib.util.find_spec('torch') is not None:
+        pytest.skip('torch is installed')
+    from jepa_ecg import cli
+    (tmp_path / 'x.pt').write_bytes(b'not used')
+    code = cli.main(['import-torch', str(tmp_path / 'x.pt'), '--out', str(tmp_path / 'o')])
+    assert code == 2
+    assert "jepa_ecg[torch]" in capsys.readouterr().err
