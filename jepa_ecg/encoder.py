@@ -462,12 +462,7 @@ def save_encoder(path: str, config: ModelConfig, params: Any, *,
     from flax import serialization  # pylint: disable=g-import-not-at-top
     _check_params(config, params)
     os.makedirs(path, exist_ok=True)
-    stats = None
-    if lead_stats is not None:
-        stats = {'mean': [float(v) for v in np.asarray(lead_stats['mean'])],
-                 'std': [float(v) for v in np.asarray(lead_stats['std'])]}
-        if 'source' in lead_stats:
-            stats['source'] = lead_stats['source']
+    stats = _lead_stats_json(lead_stats)
     doc = {'format': FORMAT, 'version': VERSION, 'model': config.to_dict(),
            'leads': _canonical_leads(leads), 'fs': float(config.fs),
            'lead_stats': stats, 'provenance': dict(provenance or {})}
@@ -479,6 +474,20 @@ def save_encoder(path: str, config: ModelConfig, params: Any, *,
     with open(os.path.join(path, CONFIG_FILE), 'w', encoding='utf-8') as f:
         json.dump(doc, f, indent=2, default=str)
     return path
+
+
+def _lead_stats_json(lead_stats: Mapping[str, Any] | None) -> dict | None:
+    """`lead_stats` as the JSON-able dict stored in encoder/classifier files.
+
+    Arrays become lists of Python floats (json cannot write numpy scalars);
+    the optional 'source' note is kept as it is. None stays None.
+    """
+    if lead_stats is None:
+        return None
+    stats = {k: [float(v) for v in np.asarray(lead_stats[k])] for k in ('mean', 'std')}
+    if 'source' in lead_stats:
+        stats['source'] = lead_stats['source']
+    return stats
 
 
 def _unfreeze(tree):
@@ -839,12 +848,7 @@ def save_classifier(path: str, config: ModelConfig, params: Mapping[str, Any], *
     if len(class_names) == 0:
         raise ValueError('class_names is empty')
     os.makedirs(path, exist_ok=True)
-    stats = None
-    if lead_stats is not None:
-        stats = {'mean': [float(v) for v in np.asarray(lead_stats['mean'])],
-                 'std': [float(v) for v in np.asarray(lead_stats['std'])]}
-        if 'source' in lead_stats:
-            stats['source'] = lead_stats['source']
+    stats = _lead_stats_json(lead_stats)
     doc = {'format': CLASSIFIER_FORMAT, 'version': VERSION, 'model': config.to_dict(),
            'leads': _canonical_leads(leads), 'fs': float(config.fs), 'head': head,
            'head_bias': bool(head_bias), 'class_names': [str(c) for c in class_names],

@@ -39,11 +39,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from jepa_ecg import wfdb_io
 from jepa_ecg.leads import LEADS, canonical_lead_name
 
 RECORD_SUFFIXES = ('.hea', '.csv', '.npy', '.npz')
 SIGNAL_SUFFIXES = ('.dat', '.mat')
-_UNIT_TO_MV = {'mv': 1.0, 'uv': 1e-3, 'µv': 1e-3, 'μv': 1e-3, 'v': 1e3, 'nv': 1e-6}
+# The unit names WFDB headers use, so `units` accepts what a header would say.
+_UNIT_TO_MV = wfdb_io.UNIT_TO_MV
 _TIME_COLUMNS = {'time', 't', 'seconds', 'second', 'sec', 's', 'time_s', 'time(s)',
                  'timestamp', 'time [s]', 'elapsed time'}
 _NPZ_SIGNAL_KEYS = ('signal', 'signals', 'ecg', 'x', 'data')
@@ -211,72 +213,12 @@ def _check_signal(path: str, signal: np.ndarray, leads: Sequence[str], fs: float
 
 
 # WFDB ------------------------------------------------------------------------
-@dataclasses.dataclass
-class _Header:
-    fs: float
-    num_samples: int | None
-    files: list[str]
-    formats: list[str]
-    offsets: list[int]
-    gains: list[float]
-    baselines: list[float]
-    units: list[str]
-    names: list[str]
-
-
-_GAIN_RE = re.compile(r'^(?P<gain>[-+0-9.eE]+)(?:\((?P<base>[-+0-9]+)\))?(?:/(?P<units>\S+))?$')
-
-
-def _parse_header(path: str) -> _Header:
-    """Parses a single-segment WFDB header; tolerates `NAME.mat` record names."""
-    with open(path, encoding='utf-8', errors='replace') as f:
-        text = f.read()
-    body = [ln.strip() for ln in text.splitlines()]
-    body = [ln for ln in body if ln and not ln.startswith('#')]
-    if not body:
-        raise RecordReadError(path, 'empty WFDB header')
-    first = body[0].split()
-    try:
-        if '/' in first[0]:
-            raise ValueError('multi-segment records are not supported')
-        num_signals = int(first[1])
-        fs = float(re.split(r'[/(]', first[2])[0]) if len(first) > 2 else 250.0
-        num_samples = int(first[3]) if len(first) > 3 else None
-    except (IndexError, ValueError) as e:
-        raise RecordReadError(path, f'bad WFDB record line {body[0]!r} ({e})') from None
-    if num_signals <= 0 or fs <= 0 or len(body) < num_signals + 1:
-        raise RecordReadError(path, f'bad WFDB header: {num_signals} signals, fs {fs}, '
-                                    f'{len(body) - 1} signal lines')
-    h = _Header(fs, num_samples, [], [], [], [], [], [], [])
-    for line in body[1:num_signals + 1]:
-        parts = line.split()
-        try:
-            h.files.append(parts[0])
-            fmt = parts[1]
-            # format[xsamples][:skew][+byte offset]
-            offset = int(fmt.split('+', 1)[1]) if '+' in fmt else 0
-            h.formats.append(re.split(r'[x:+]', fmt)[0])
-            h.offsets.append(offset)
-            gain, base, unit = 200.0, None, 'mV'
-            if len(parts) > 2:
-                m = _GAIN_RE.match(parts[2])
-                if m is None:
-                    raise ValueError(f'gain {parts[2]!r}')
-                gain = float(m['gain']) or 200.0  # WFDB: 0 means the default 200
-                base = int(m['base']) if m['base'] else None
-                unit = m['units'] or 'mV'
-            adc_zero = int(parts[4]) if len(parts) > 4 else 0
-            h.baselines.append(float(adc_zero if base is None else base))
-            h.gains.append(gain)
-            h.units.append(unit)
-            h.names.append(' '.join(parts[8:]) if len(parts) > 8 else f'ch{len(h.names)}')
-        except (IndexError, ValueError) as e:
-            raise RecordReadError(path, f'bad WFDB signal line {line!r} ({e})') from None
-    return h
-
-
 def read_wfdb(header_path: str) -> Record:
     """Reads a WFDB record (header + `.dat`/`.mat`) into physical units (mV).
+
+    Parsing and reading are `jepa_ecg.wfdb_io`'s, shared with the TFDS
+    builders; this adds the per-file error and the checks every reader here
+    makes.
 
     Args:
       header_path: the `.hea` file.
@@ -287,62 +229,16 @@ def read_wfdb(header_path: str) -> Record:
     Raises:
       RecordReadError: unreadable header, missing or truncated signal file.
     """
-    h = _parse_header(header_path)
-    directory = os.path.dirname(header_path)
-    n = len(h.files)
-    if len(set(h.files)) == 1 and set(h.formats) == {'16'}:
-        digital = _read_format16(header_path, os.path.join(directory, h.files[0]), n,
-                                 h.offsets[0], h.num_samples)
-        scale = np.asarray([_UNIT_TO_MV.get(u.lower(), 1.0) for u in h.units], np.float32)
-        signal = ((digital.astype(np.float32) - np.asarray(h.baselines, np.float32))
-                  / np.asarray(h.gains, np.float32) * scale)
-        signal[digital == -32768] = np.nan
-        names = list(h.names)
-    else:
-        signal, names = _read_with_wfdb(header_path)
-    if h.num_samples and signal.shape[0] < h.num_samples:
-        raise RecordReadError(header_path, f'truncated: {signal.shape[0]} of '
-                                           f'{h.num_samples} samples in the signal file')
-    if h.num_samples:
-        signal = signal[:h.num_samples]
+    try:
+        h = wfdb_io.read_header(header_path)
+        signal, names = wfdb_io.read_signal(h, header_path)
+    except wfdb_io.WfdbFormatError as e:
+        raise RecordReadError(e.path or header_path, e.reason) from None
+    # Unnamed signals still need distinct names for the lead matching.
+    names = [name or f'ch{i}' for i, name in enumerate(names)]
     _check_signal(header_path, signal, names, h.fs)
     return Record(_stem(header_path), header_path, signal.astype(np.float32, copy=False),
                   h.fs, names)
-
-
-def _read_format16(header_path: str, path: str, n: int, offset: int,
-                   num_samples: int | None) -> np.ndarray:
-    if not os.path.isfile(path):
-        raise RecordReadError(header_path, f'signal file {os.path.basename(path)} not found')
-    if path.lower().endswith('.mat'):
-        import scipy.io  # pylint: disable=g-import-not-at-top
-        try:
-            val = scipy.io.loadmat(path)['val']
-        except Exception as e:  # pylint: disable=broad-except
-            raise RecordReadError(path, f'corrupt or truncated MATLAB file ({e})') from None
-        val = np.asarray(val)
-        if val.ndim != 2 or val.shape[0] != n:
-            raise RecordReadError(path, f'`val` has shape {val.shape}, header says {n} signals')
-        return val.T
-    data = np.fromfile(path, dtype='<i2', offset=offset)
-    if data.size % n:
-        raise RecordReadError(path, f'truncated or corrupt: {data.size} samples do not '
-                                    f'divide into {n} signals')
-    if num_samples and data.size // n < num_samples:
-        raise RecordReadError(path, f'truncated: {data.size // n} of {num_samples} samples')
-    return data.reshape(-1, n)
-
-
-def _read_with_wfdb(header_path: str) -> tuple[np.ndarray, list[str]]:
-    import wfdb  # pylint: disable=g-import-not-at-top
-    try:
-        rec = wfdb.rdrecord(os.path.splitext(header_path)[0], physical=True, return_res=32)
-    except Exception as e:  # pylint: disable=broad-except
-        raise RecordReadError(header_path, f'wfdb cannot read it ({type(e).__name__}: {e})'
-                              ) from None
-    scale = np.asarray([_UNIT_TO_MV.get((u or 'mv').lower(), 1.0) for u in rec.units],
-                       np.float32)
-    return rec.p_signal.astype(np.float32) * scale, list(rec.sig_name)
 
 
 # CSV -------------------------------------------------------------------------

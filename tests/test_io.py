@@ -201,3 +201,48 @@ def test_corrupt_and_truncated_files_name_the_file(tmp_path):
     m.write_bytes(m.read_bytes()[:200])
     with pytest.raises(io.RecordReadError, match='B1'):
         io.read_record(mat_hea)
+
+
+def test_shared_wfdb_parser_quirks_and_both_translations(tmp_path):
+    """One parser (jepa_ecg.wfdb_io) serves the CLI reader and the TFDS builders."""
+    from jepa_ecg import wfdb_io  # pylint: disable=g-import-not-at-top
+    from tfds_builders import common  # pylint: disable=g-import-not-at-top
+
+    text = ('# leading comment\n'
+            'A0001.mat\t3  500/1000 4\n'
+            'A0001.mat 16+24 1000(5)/uV 16 7 0 0 0 i\n'
+            'A0001.mat 16+24 0 16 7 0 0 0 Lead aVR\n'
+            'A0001.mat 16x2:1+8\n'
+            '#Age: 54\n')
+    h = wfdb_io.parse_header(text)
+    assert h.record_name == 'A0001' and h.fs == 500.0 and h.num_samples == 4
+    assert h.formats == ('16', '16', '16') and h.byte_offsets == (24, 24, 8)
+    assert h.samples_per_frame == (1, 1, 2) and h.skews == (0, 0, 1)
+    # 0 gain means 200; no baseline -> ADC zero; no fields -> 200, 0, mV.
+    assert h.gains == (1000.0, 200.0, 200.0) and h.baselines == (5.0, 7.0, 0.0)
+    assert h.units == ('uV', 'mV', 'mV') and h.lead_names == ('i', 'Lead aVR', '')
+    assert h.comments == ('# leading comment', '#Age: 54')
+    assert common.parse_wfdb_header(text) == h
+    assert wfdb_io.parse_header('r 1 500(0)\nr.dat 16 200/mV\n').fs == 500.0
+
+    bad = 'seg/1 2 500 100\nx.dat 16\nx.dat 16\n'
+    with pytest.raises(wfdb_io.WfdbHeaderError, match='multi-segment'):
+        wfdb_io.parse_header(bad)
+    with pytest.raises(common.SkipRecord) as skip:
+        common.parse_wfdb_header(bad)
+    assert skip.value.reason == common.BAD_HEADER and 'multi-segment' in skip.value.detail
+    (tmp_path / 'seg.hea').write_text(bad)
+    with pytest.raises(io.RecordReadError, match='multi-segment') as err:
+        io.read_record(str(tmp_path / 'seg.hea'))
+    assert err.value.path == str(tmp_path / 'seg.hea')
+
+    # A byte offset in the format field is honoured by the fast reader.
+    sig = ecg_like(50, 100.0, leads=2)
+    digital = np.round(sig * 1000).astype('<i2')
+    (tmp_path / 'off.dat').write_bytes(b'\x00' * 6 + digital.tobytes())
+    (tmp_path / 'off.hea').write_text('off 2 100 50\n'
+                                      'off.dat 16+6 1000/mV 16 0 0 0 0 ii\n'
+                                      'off.dat 16+6 1000/mV 16 0 0 0 0 V1\n')
+    rec = io.read_record(str(tmp_path / 'off.hea'))
+    assert rec.leads == ['ii', 'V1']
+    np.testing.assert_allclose(rec.signal, sig, atol=1e-6)

@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> None:
                         help='reader processes (default: cores - 1)')
     parser.add_argument('--overwrite', action='store_true',
                         help='delete an existing build first')
+    parser.add_argument('--file_format', choices=('array_record', 'tfrecord'),
+                        default='array_record',
+                        help='array_record (default): what the pre-training '
+                        'pipeline reads by random access; tfrecord: for tf.data')
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.INFO)
 
@@ -53,9 +57,14 @@ def main(argv: list[str] | None = None) -> None:
         builder.data_path.rmtree()
         builder = tfds.builder(args.dataset, data_dir=data_dir, **kwargs)
     start = time.monotonic()
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=os.path.expanduser(args.manual_dir) if args.manual_dir
-        else None))
+    manual_dir = os.path.expanduser(args.manual_dir) if args.manual_dir else None
+    if args.file_format == 'array_record':
+        from jepa_ecg.data import pipeline  # pylint: disable=g-import-not-at-top
+        builder = pipeline.build_dataset(args.dataset, data_dir, manual_dir=manual_dir,
+                                         builder_kwargs=kwargs)
+    else:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir))
     seconds = time.monotonic() - start
     splits = {k: v.num_examples for k, v in builder.info.splits.items()}
     total = sum(splits.values())

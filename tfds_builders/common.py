@@ -5,8 +5,9 @@ Every builder turns raw records into examples with the same core features
 thin and make the handling of bad input identical across sources:
 
 * `read_wfdb` reads a WFDB record (`.hea` + format-16 `.dat` or MATLAB v4
-  `.mat`) with a small tolerant header parser, falling back to `wfdb` for other
-  signal formats, and returns the signal in mV in the canonical lead order.
+  `.mat`) with the tolerant parser and fast readers of `jepa_ecg.wfdb_io`
+  (shared with the CLI), falling back to `wfdb` for other signal formats, and
+  returns the signal in mV in the canonical lead order.
 * `check_signal` names what is wrong with a signal (or returns None).
 * `SkipCounter` counts skipped records by reason, logs a summary per split
   and `write_build_report` stores every split's summary as JSON.
@@ -25,7 +26,6 @@ import math
 import multiprocessing
 import os
 import pathlib
-import re
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -33,6 +33,7 @@ from absl import logging
 import numpy as np
 
 from jepa_ecg import leads as leads_lib
+from jepa_ecg import wfdb_io
 
 # Reasons a record is skipped. They are the keys of the build report, so keep
 # them stable: downstream tooling may compare reports across builds.
@@ -229,23 +230,24 @@ def parse_header_comments(comments: Iterable[str]) -> dict[str, str]:
 # WFDB reading
 
 
-@dataclasses.dataclass(frozen=True)
-class WfdbHeader:
-    """The parts of a WFDB header the builders need."""
-    record_name: str
-    fs: float
-    num_samples: int | None
-    file_names: tuple[str, ...]
-    formats: tuple[str, ...]
-    gains: tuple[float, ...]
-    baselines: tuple[float, ...]
-    units: tuple[str, ...]
-    lead_names: tuple[str, ...]
-    comments: tuple[str, ...]
+# The header fields the builders use; parsing and reading are shared with the
+# CLI's reader (`jepa_ecg.io`) in `jepa_ecg.wfdb_io`.
+WfdbHeader = wfdb_io.WfdbHeader
+
+# How each kind of WFDB problem is counted in the build report.
+_WFDB_SKIP_REASONS = (
+    (wfdb_io.WfdbHeaderError, BAD_HEADER),
+    (wfdb_io.WfdbMissingFileError, MISSING_FILE),
+    (wfdb_io.WfdbUnreadableError, UNREADABLE_FILE),
+)
 
 
-_GAIN_RE = re.compile(
-    r'^(?P<gain>[-+0-9.eE]+)(?:\((?P<baseline>[-+0-9]+)\))?(?:/(?P<units>\S+))?$')
+def _skip_for(error: wfdb_io.WfdbFormatError) -> SkipRecord:
+    """The `SkipRecord` a shared-reader error counts as."""
+    reason = next((r for cls, r in _WFDB_SKIP_REASONS if isinstance(error, cls)),
+                  UNREADABLE_FILE)
+    where = os.path.basename(error.path) if error.path else ''
+    return SkipRecord(reason, f'{where}: {error.reason}' if where else error.reason)
 
 
 def parse_wfdb_header(text: str) -> WfdbHeader:
@@ -253,7 +255,8 @@ def parse_wfdb_header(text: str) -> WfdbHeader:
 
     Tolerated: a record name written with an extension (`A0001.mat`), runs of
     spaces or tabs, fs written as `500/...` or `500(...)`, gains without
-    baseline or units, lead names in any case or with inner spaces.
+    baseline or units, lead names in any case or with inner spaces (see
+    `jepa_ecg.wfdb_io.parse_header`).
 
     Args:
       text: the header file's content.
@@ -264,93 +267,10 @@ def parse_wfdb_header(text: str) -> WfdbHeader:
     Raises:
       SkipRecord: BAD_HEADER when the header cannot be understood.
     """
-    lines = [ln.strip() for ln in text.splitlines()]
-    comments = tuple(ln for ln in lines if ln.startswith('#'))
-    body = [ln for ln in lines if ln and not ln.startswith('#')]
-    if not body:
-        raise SkipRecord(BAD_HEADER, 'empty header')
-    first = body[0].split()
     try:
-        record_name = os.path.splitext(first[0])[0]
-        if '/' in record_name:  # a multi-segment record: not an ECG we know
-            raise ValueError('multi-segment records are not supported')
-        num_signals = int(first[1])
-        fs = float(re.split(r'[/(]', first[2])[0]) if len(first) > 2 else 250.0
-        num_samples = int(first[3]) if len(first) > 3 else None
-    except (IndexError, ValueError) as e:
-        raise SkipRecord(BAD_HEADER, f'record line {body[0]!r}: {e}') from None
-    if num_signals <= 0 or fs <= 0 or len(body) < num_signals + 1:
-        raise SkipRecord(BAD_HEADER, f'{num_signals} signals, fs {fs}, '
-                         f'{len(body) - 1} signal lines')
-    file_names, formats, gains, baselines, units, names = [], [], [], [], [], []
-    for line in body[1:num_signals + 1]:
-        parts = line.split()
-        try:
-            file_names.append(parts[0])
-            formats.append(parts[1])
-            gain, baseline, unit = 200.0, None, 'mV'
-            if len(parts) > 2:
-                m = _GAIN_RE.match(parts[2])
-                if m is None:
-                    raise ValueError(f'gain {parts[2]!r}')
-                gain = float(m['gain']) or 200.0  # WFDB: 0 means 200
-                baseline = int(m['baseline']) if m['baseline'] else None
-                unit = m['units'] or 'mV'
-            # WFDB: without an explicit baseline, the ADC zero is the baseline.
-            adc_zero = int(parts[4]) if len(parts) > 4 else 0
-            baselines.append(float(adc_zero if baseline is None else baseline))
-            gains.append(gain)
-            units.append(unit)
-            names.append(' '.join(parts[8:]) if len(parts) > 8 else '')
-        except (IndexError, ValueError) as e:
-            raise SkipRecord(BAD_HEADER, f'signal line {line!r}: {e}') from None
-    return WfdbHeader(record_name, fs, num_samples, tuple(file_names),
-                      tuple(formats), tuple(gains), tuple(baselines),
-                      tuple(units), tuple(names), comments)
-
-
-_UNIT_TO_MV = {'mv': 1.0, 'uv': 1e-3, 'µv': 1e-3, 'v': 1e3}
-
-
-def _read_digital(header: WfdbHeader, directory: pathlib.Path) -> np.ndarray:
-    """Reads the raw (T, C) integer samples of a format-16 `.dat`/`.mat`."""
-    if len(set(header.file_names)) != 1:
-        raise NotImplementedError('signals spread over several files')
-    path = directory / header.file_names[0]
-    if not path.exists():
-        raise SkipRecord(MISSING_FILE, path.name)
-    n = len(header.file_names)
-    if path.suffix.lower() == '.mat':
-        import scipy.io  # pylint: disable=g-import-not-at-top
-        try:
-            val = scipy.io.loadmat(str(path))['val']
-        except Exception as e:  # pylint: disable=broad-except
-            raise SkipRecord(UNREADABLE_FILE, f'{path.name}: {e}') from None
-        val = np.asarray(val)
-        if val.ndim != 2 or val.shape[0] != n:
-            raise SkipRecord(UNREADABLE_FILE,
-                             f'{path.name}: val has shape {val.shape}')
-        return val.T
-    if set(header.formats) != {'16'}:
-        raise NotImplementedError(f'formats {set(header.formats)}')
-    data = np.fromfile(path, dtype='<i2')
-    if data.size % n:
-        raise SkipRecord(UNREADABLE_FILE,
-                         f'{path.name}: {data.size} samples for {n} signals')
-    return data.reshape(-1, n)
-
-
-def _read_with_wfdb(header_path: pathlib.Path) -> tuple[np.ndarray, list[str]]:
-    """Falls back to the `wfdb` package for formats the fast path lacks."""
-    import wfdb  # pylint: disable=g-import-not-at-top
-    try:
-        record = wfdb.rdrecord(str(header_path.with_suffix('')),
-                               physical=True, return_res=32)
-    except Exception as e:  # pylint: disable=broad-except
-        raise SkipRecord(UNREADABLE_FILE, f'{header_path.name}: {e}') from None
-    scale = np.asarray([_UNIT_TO_MV.get((u or 'mv').lower(), 1.0)
-                        for u in record.units], dtype=np.float32)
-    return record.p_signal.astype(np.float32) * scale, list(record.sig_name)
+        return wfdb_io.parse_header(text)
+    except wfdb_io.WfdbFormatError as e:
+        raise _skip_for(e) from None
 
 
 def read_wfdb(header_path: str | os.PathLike) -> tuple[np.ndarray, WfdbHeader]:
@@ -358,8 +278,8 @@ def read_wfdb(header_path: str | os.PathLike) -> tuple[np.ndarray, WfdbHeader]:
 
     Format-16 `.dat` and MATLAB v4 `.mat` (`val`, signals x samples) are read
     directly with numpy/scipy (several times faster than `wfdb.rdrecord`);
-    any other format goes through `wfdb.rdrecord`. NaNs are not touched (the
-    caller validates with `clean_signal`).
+    any other format goes through `wfdb.rdrecord` (`jepa_ecg.wfdb_io`). NaNs
+    are not touched (the caller validates with `clean_signal`).
 
     Args:
       header_path: path of the `.hea` file.
@@ -370,37 +290,16 @@ def read_wfdb(header_path: str | os.PathLike) -> tuple[np.ndarray, WfdbHeader]:
     Raises:
       SkipRecord: MISSING_FILE, UNREADABLE_FILE, BAD_HEADER or MISSING_LEAD.
     """
-    header_path = pathlib.Path(header_path)
     try:
-        text = header_path.read_text(encoding='utf-8', errors='replace')
-    except FileNotFoundError:
-        raise SkipRecord(MISSING_FILE, header_path.name) from None
-    except OSError as e:
-        raise SkipRecord(UNREADABLE_FILE, f'{header_path.name}: {e}') from None
-    header = parse_wfdb_header(text)
-    # Check the leads before reading samples: cheap, and the common failure.
-    missing = leads_lib.missing_leads(header.lead_names)
-    if missing:
-        raise SkipRecord(MISSING_LEAD, f'missing {missing}, '
-                         f'record has {list(header.lead_names)}')
-    try:
-        digital = _read_digital(header, header_path.parent)
-        gains = np.asarray(header.gains, dtype=np.float32)
-        baselines = np.asarray(header.baselines, dtype=np.float32)
-        scale = np.asarray([_UNIT_TO_MV.get(u.lower(), 1.0)
-                            for u in header.units], dtype=np.float32)
-        signal = (digital.astype(np.float32) - baselines) / gains * scale
-        if digital.dtype == np.int16:
-            # WFDB writes -32768 for samples that were not recorded.
-            signal[digital == -32768] = np.nan
-        names = list(header.lead_names)
-    except NotImplementedError:
-        signal, names = _read_with_wfdb(header_path)
-    if header.num_samples and signal.shape[0] < header.num_samples:
-        raise SkipRecord(UNREADABLE_FILE, f'{header_path.name}: '
-                         f'{signal.shape[0]} of {header.num_samples} samples')
-    if header.num_samples:
-        signal = signal[:header.num_samples]
+        header = wfdb_io.read_header(header_path)
+        # Check the leads before reading samples: cheap, and the common failure.
+        missing = leads_lib.missing_leads(header.lead_names)
+        if missing:
+            raise SkipRecord(MISSING_LEAD, f'missing {missing}, '
+                             f'record has {list(header.lead_names)}')
+        signal, names = wfdb_io.read_signal(header, header_path)
+    except wfdb_io.WfdbFormatError as e:
+        raise _skip_for(e) from None
     return reorder_leads(signal, names), header
 
 
