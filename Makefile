@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(PY) -m experiments.demo --workdir=$(DEMO_DIR)
 
 bench: $(STAMP)
-	$(PY) -m experiments.benchmark --what=train_step --what=pipeline --what=embed
+	$(PY) -m experiments.benchmark --what=train_step --what=pipeline --what=embed $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -69,22 +69,26 @@ def main(argv):
 
 
 def run_linear_probe(workdir: str, encoder_dir: str) -> None:
-    ptbxl = FLAGS.ptbxl_dir or os.environ.get('PTBXL_DIR') or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared', 'data',
-        'ptb-xl')
+    """Builds ptb_xl/records100 and runs the linear protocol (smoke budget)."""
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ptbxl = (FLAGS.ptbxl_dir or os.environ.get('PTBXL_DIR')
+             or os.path.join(repo, '..', 'shared', 'data', 'ptb-xl'))
     if not os.path.exists(os.path.join(ptbxl, 'ptbxl_database.csv')):
         print(f'[3/3] skipped: no PTB-XL at {ptbxl} (set PTBXL_DIR to run the linear protocol)')
         return
-    try:
-        from jepa_ecg.evaluation import protocols
-    except ImportError as e:
-        print(f'[3/3] skipped: evaluation code unavailable ({e})')
-        return
-    print(f'[3/3] linear protocol (smoke) on PTB-XL from {ptbxl}', flush=True)
-    result = protocols.run_demo_linear_probe(
-        encoder=encoder_dir, ptbxl_dir=ptbxl, data_dir=os.path.join(workdir, 'tfds'),
-        workdir=os.path.join(workdir, 'linear'))
-    logging.info('linear probe: %s', result)
+    from jepa_ecg.data import pipeline
+    data_dir = os.path.join(workdir, 'tfds')
+    print(f'[3/3] building ptb_xl/records100 from {ptbxl}, then the linear protocol (smoke)',
+          flush=True)
+    pipeline.build_dataset('ptb_xl/records100', data_dir, manual_dir=os.path.abspath(ptbxl))
+    out = os.path.join(workdir, 'linear')
+    subprocess.run([sys.executable, '-m', 'experiments.finetune',
+                    '--config=experiments/configs/finetune.py:linear,smoke',
+                    f'--config.data.data_dir={data_dir}', f'--encoder={encoder_dir}',
+                    '--task=superdiagnostic', f'--workdir={out}'], check=True, cwd=repo)
+    print(f'linear probe results: {os.path.join(out, "results.json")}')
 
 
 if __name__ == '__main__':

@@ -41,8 +41,30 @@ def sincos_pos_embed(dim: int, num_positions: int) -> np.ndarray:
     return out
 
 
+_SQRT_HALF = float(np.sqrt(0.5))
+_INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
+
+
+@jax.custom_jvp
 def gelu_exact(x):
-    return jax.nn.gelu(x, approximate=False)
+    """Exact (erf) GELU, x * Phi(x), as torch.nn.GELU() computes it.
+
+    Written with `erf` rather than jax.nn.gelu's `erfc`, which XLA:CPU
+    expands into a branchy select chain, and with a hand-written derivative
+    Phi(x) + x * phi(x) so the backward pass is one fused elementwise
+    product instead of a re-derivation through erfc (see
+    experiments/benchmark.py; equal to jax.nn.gelu(approximate=False) to
+    float32 rounding, checked in tests/test_numerics.py).
+    """
+    return x * (0.5 + 0.5 * jax.lax.erf(x * jnp.asarray(_SQRT_HALF, x.dtype)))
+
+
+@gelu_exact.defjvp
+def _gelu_exact_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    cdf = 0.5 + 0.5 * jax.lax.erf(x * jnp.asarray(_SQRT_HALF, x.dtype))
+    pdf = jnp.exp(-0.5 * x * x) * jnp.asarray(_INV_SQRT_2PI, x.dtype)
+    return x * cdf, t * (cdf + x * pdf)
 
 
 def attention_scores_mask(key_valid: Optional[jax.Array]) -> Optional[jax.Array]:
@@ -52,19 +74,71 @@ def attention_scores_mask(key_valid: Optional[jax.Array]) -> Optional[jax.Array]
     return key_valid[:, None, None, :]
 
 
+def softmax_attention(q, k, v, mask=None):
+    """Softmax attention on head-major (B, H, L, Dh) tensors, q already scaled.
+
+    The softmax normalisation is applied after the value product:
+    (exp(s - max) @ v) / sum(exp(s - max)) equals softmax(s) @ v but divides
+    the (B, H, Lq, Dh) output instead of the (B, H, Lq, Lk) weights, saving a
+    full pass over the attention matrix forward and backward. Exponentials,
+    sums and the division run in float32 even under bf16 compute.
+    `mask` (True = attend) broadcasts to (B, H, Lq, Lk).
+    """
+    logits = jnp.einsum('bhqd,bhkd->bhqk', q, k)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    logits = logits.astype(jnp.float32)
+    # The max only stabilises the exponent; its gradient cancels exactly.
+    weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+    norm = weights.sum(axis=-1, keepdims=True)
+    out = jnp.einsum('bhqk,bhkd->bhqd', weights.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32)
+    return (out / norm).astype(v.dtype)
+
+
 def multihead_attention(q, k, v, mask=None):
     """Softmax attention on (B, L, H, Dh) tensors; `mask` broadcasts to (B, H, Lq, Lk)."""
     scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q * jnp.asarray(scale, q.dtype), k)
-    if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-    # Softmax in float32 even under bf16 compute, for stable normalisation.
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+    to_heads = lambda t: jnp.swapaxes(t, 1, 2)  # (B, L, H, Dh) -> (B, H, L, Dh)
+    out = softmax_attention(to_heads(q * jnp.asarray(scale, q.dtype)), to_heads(k), to_heads(v),
+                            mask)
+    return to_heads(out)
+
+
+class DenseParams(nn.Module):
+    """Declares exactly the params of `nn.Dense(features)` and returns them.
+
+    Same names ('kernel' (in, features), optional 'bias'), shapes, float32
+    storage and initialisers, so checkpoints and the torch importer see the
+    same tree; the caller applies them in whatever contraction order is
+    fastest (e.g. straight into head-major q, k, v).
+    """
+    features: int
+    use_bias: bool = False
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        kernel = self.param('kernel', self.kernel_init, (in_features, self.features), jnp.float32)
+        bias = (self.param('bias', self.bias_init, (self.features,), jnp.float32)
+                if self.use_bias else None)
+        return kernel, bias
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention; qkv has its own bias switch (off in ECG-JEPA)."""
+    """Multi-head self-attention; qkv has its own bias switch (off in ECG-JEPA).
+
+    Parameters are those of Dense layers 'qkv' (dim -> 3 * dim, columns
+    ordered [q|k|v] x heads x head_dim) and 'proj' (dim -> dim). The
+    projections contract straight into head-major (B, H, L, Dh) q, k, v and
+    back, one einsum each, instead of one (B, L, 3 * dim) matmul followed by
+    reshapes, slices and transposes (whose backward pads, sums and
+    re-transposes activations). Together with the deferred softmax
+    normalisation this cut the CPU train step's time by ~20% (see
+    experiments/benchmark.py); tests/test_numerics.py checks it against the
+    plain formulation.
+    """
     dim: int
     num_heads: int
     qkv_bias: bool = False
@@ -75,16 +149,27 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, key_valid=None, deterministic: bool = True):
-        b, n, _ = x.shape
-        head_dim = self.dim // self.num_heads
-        qkv = nn.Dense(3 * self.dim, use_bias=self.qkv_bias, dtype=self.dtype,
-                       kernel_init=trunc_normal(0.02), name='qkv')(x)
-        qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out = multihead_attention(q, k, v, attention_scores_mask(key_valid))
-        out = out.reshape(b, n, self.dim)
-        out = nn.Dense(self.dim, use_bias=self.bias, dtype=self.dtype,
-                       kernel_init=trunc_normal(self.proj_std), name='proj')(out)
+        d = x.shape[-1]
+        h = self.num_heads
+        head_dim = self.dim // h
+        w_qkv, b_qkv = DenseParams(3 * self.dim, self.qkv_bias, trunc_normal(0.02), name='qkv')(d)
+        w_proj, b_proj = DenseParams(self.dim, self.bias, trunc_normal(self.proj_std),
+                                     name='proj')(self.dim)
+        x = x.astype(self.dtype)
+        w_qkv = w_qkv.astype(self.dtype).reshape(d, 3, h, head_dim)
+        # Folding the 1/sqrt(Dh) scale into the (small) q kernel.
+        scale = jnp.asarray(head_dim ** -0.5, self.dtype)
+        q = jnp.einsum('bld,dhe->bhle', x, w_qkv[:, 0] * scale)
+        k = jnp.einsum('bld,dhe->bhle', x, w_qkv[:, 1])
+        v = jnp.einsum('bld,dhe->bhle', x, w_qkv[:, 2])
+        if b_qkv is not None:
+            b_qkv = b_qkv.astype(self.dtype).reshape(3, 1, h, 1, head_dim)
+            q, k, v = q + b_qkv[0] * scale, k + b_qkv[1], v + b_qkv[2]
+        out = softmax_attention(q, k, v, attention_scores_mask(key_valid))
+        out = jnp.einsum('bhle,hed->bld', out,
+                         w_proj.astype(self.dtype).reshape(h, head_dim, self.dim))
+        if b_proj is not None:
+            out = out + b_proj.astype(self.dtype)
         return nn.Dropout(self.dropout)(out, deterministic=deterministic)
 
 

@@ -70,12 +70,21 @@ class VisionTransformer(nn.Module):
         n = patches.shape[1]
         if n > self.num_patches:
             raise ValueError(f'{n} patches exceed the model\'s {self.num_patches} positions')
+        pos = jnp.asarray(sincos_pos_embed(self.dim, self.num_patches)[:n], self.dtype)
+        if keep_idx is None:
+            pos = pos[None]
+        else:
+            # Select the kept patches BEFORE the embedding: the embedding is
+            # per patch, so this equals embedding all and gathering tokens,
+            # but the context encoder embeds (and back-propagates into) only
+            # K of N patches. Raw patches and positions carry no gradient,
+            # so a plain gather is free of scatters in the backward pass.
+            patches = jnp.take_along_axis(patches, keep_idx[..., None].astype(jnp.int32), axis=1,
+                                          mode='clip')
+            pos = jnp.take(pos, keep_idx, axis=0, mode='clip')
         tokens = nn.Dense(self.dim, use_bias=self.bias, dtype=self.dtype,
                           kernel_init=trunc_normal(0.02), name='patch_embed')(patches)
-        pos = jnp.asarray(sincos_pos_embed(self.dim, self.num_patches)[:n], self.dtype)
-        tokens = tokens + pos[None]
-        if keep_idx is not None:
-            tokens = gather_tokens(tokens, keep_idx)
+        tokens = tokens + pos
         b = tokens.shape[0]
         key_valid = None
         if self.num_registers > 0:
