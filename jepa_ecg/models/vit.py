@@ -21,12 +21,6 @@ def patchify(x: jax.Array, patch_size: int) -> jax.Array:
     return x.reshape(b, t // patch_size, patch_size * c)
 
 
-def gather_tokens(tokens: jax.Array, idx: jax.Array) -> jax.Array:
-    """tokens[b, idx[b, k]] as a one-hot matmul (no gather, no scatter in the backward pass)."""
-    onehot = jax.nn.one_hot(idx, tokens.shape[1], dtype=tokens.dtype)  # (B, K, N)
-    return jnp.einsum('bkn,bnd->bkd', onehot, tokens)
-
-
 class VisionTransformer(nn.Module):
     """ECG ViT: patch embedding + sin-cos positions + registers + pre-LN blocks.
 
