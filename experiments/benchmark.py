@@ -54,6 +54,8 @@ flags.DEFINE_integer('steps_per_rep', 2, 'Steps per timed repetition.')
 flags.DEFINE_integer('seed', 0, 'Seed of masks and signals.')
 flags.DEFINE_bool('smoke', False, 'Tiny model, 100 Hz, batch 8, one short repetition: '
                   'checks that everything runs (tests use it); numbers mean nothing.')
+flags.DEFINE_string('bench_data_dir', None, 'Where the standard pipeline cases build their '
+                    'synthetic datasets (~1.3 GB, reused; default ~/.cache/jepa_ecg/bench_tfds).')
 flags.DEFINE_string('data_dir', None, 'TFDS data_dir for --what=pipeline; default: build the '
                     'offline synthetic_ecg source in a temporary directory.')
 flags.DEFINE_string('mixture', 'synthetic', 'Data mixture for --what=pipeline (with --data_dir).')
@@ -274,11 +276,21 @@ def _synthetic_data_dir(smoke: bool):
     return path, {src.name: 1.0}, {src.name: src}
 
 
-def bench_pipeline(s: dict, batch: int) -> dict:
-    """Records/s of the pre-training input pipeline (decode .. masks), in this process."""
+def bench_pipeline(s: dict, batch: int):
+    """Input-pipeline records/s and peak RSS.
+
+    With --data_dir (or --smoke): one measurement of that mixture in this
+    process. Otherwise the standard cases, each in a fresh process so its
+    peak RSS is its own: 10 s windows at 500 Hz from a source stored at
+    500 Hz at two dataset sizes (512 and 4,096 records: RSS must not grow),
+    and from a source stored at 400 Hz (the cost of resampling).
+    """
+    from jepa_ecg.training import parallel  # pylint: disable=g-import-not-at-top
+    if not FLAGS.data_dir and not FLAGS.smoke:
+        return bench_pipeline_suite(s, batch)
     from jepa_ecg.data import pipeline  # pylint: disable=g-import-not-at-top
     from jepa_ecg.models.config import model_config  # pylint: disable=g-import-not-at-top
-    _hide_accelerators_from_tensorflow()
+    parallel.hide_accelerators_from_tensorflow()
     cfg = model_config(s['variant'], fs=s['fs'], window_seconds=s['window_seconds'])
     if FLAGS.data_dir:
         from jepa_ecg.data.sources import MIXTURES  # pylint: disable=g-import-not-at-top
@@ -314,16 +326,30 @@ def bench_pipeline(s: dict, batch: int) -> dict:
     }
 
 
-def _hide_accelerators_from_tensorflow():
-    try:
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    except ImportError:
-        return
-    for kind in ('GPU', 'TPU'):
-        try:
-            tf.config.set_visible_devices([], kind)
-        except (RuntimeError, ValueError):
-            pass
+def bench_pipeline_suite(s: dict, batch: int) -> list[dict]:
+    from jepa_ecg.data import pipeline  # pylint: disable=g-import-not-at-top
+    if s['fs'] != 500.0 or s['window_seconds'] != 10.0:
+        raise app.UsageError('the standard pipeline cases are 10 s at 500 Hz; pass --data_dir '
+                             'and --mixture to measure another setting')
+    data_dir = FLAGS.bench_data_dir or os.path.join(
+        os.path.expanduser('~'), '.cache', 'jepa_ecg', 'bench_tfds')
+    results = pipeline.benchmark_suite(data_dir, global_batch_size=batch,
+                                       num_steps=FLAGS.pipeline_steps, num_workers=FLAGS.workers)
+    step_rate = _LAST_STEP_RATE.get((s['variant'], batch))
+    records = []
+    for case, r in results.items():
+        records.append({
+            **_base_record('pipeline', s, batch), 'case': case, 'description': r['description'],
+            'records_per_s': r['records_per_s'], 'steps_per_s': r['steps_per_s'],
+            'records_per_cpu_s': r.get('records_per_cpu_s'),
+            'peak_rss_mb': r.get('rss_peak_mb'), 'rss_start_mb': r.get('rss_start_mb'),
+            'compile_s': None, 'num_workers': r.get('num_workers'),
+            'pipeline_steps': FLAGS.pipeline_steps, 'data_dir': data_dir,
+            'train_step_records_per_s': step_rate,
+            'keeps_up': None if step_rate is None else r['records_per_s'] >= step_rate,
+            'load_avg_1m': r.get('load_average_1min'),
+        })
+    return records
 
 
 # ------------------------------------------------------------------- embed
@@ -392,7 +418,9 @@ def main(argv):
     order = sorted(set(FLAGS.what), key=['train_step', 'pipeline', 'embed'].index)
     for what in order:
         batch = FLAGS.batch or (8 if FLAGS.smoke else DEFAULT_BATCH[what])
-        _emit(BENCHMARKS[what](s, batch))
+        result = BENCHMARKS[what](s, batch)
+        for record in (result if isinstance(result, list) else [result]):
+            _emit(record)
 
 
 if __name__ == '__main__':
