@@ -1,0 +1,214 @@
+"""PTB-XL fine-tuning input: task labels, folds, normalisation, crops, windows, averaging."""
+
+import ast
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jepa_ecg.evaluation import data
+from jepa_ecg.evaluation import protocols
+
+# ---------------------------------------------------------------- labels on the full CSV
+
+# Records with at least one label per task in ptbxl_database.csv v1.0.1 (21,837
+# rows), and the single-label superdiagnostic (ST-MEM) subset.
+EXPECTED_RECORDS = {'all': 21837, 'diagnostic': 21430, 'subdiagnostic': 21430,
+                    'superdiagnostic': 21430, 'form': 8988, 'rhythm': 21066, 'st_mem': 16272}
+EXPECTED_CLASSES = {'all': 71, 'diagnostic': 44, 'subdiagnostic': 23, 'superdiagnostic': 5,
+                    'form': 19, 'rhythm': 12, 'st_mem': 5}
+
+
+@pytest.fixture(scope='module')
+def full_csv_labels(ptbxl_dir):
+    from tfds_builders.ptb_xl import ptb_xl_dataset_builder as builder
+    database = builder.read_database(ptbxl_dir)
+    statements = builder.read_statements(ptbxl_dir)
+    labels = {t: builder.ptb_xl_labels(database, statements, t) for t in builder.TASKS}
+    return database, statements, labels
+
+
+def _independent_sets(database, statements, task):
+    """Label sets per record the way the PTB-XL benchmark aggregates them (pandas)."""
+    diag = statements[statements.diagnostic == 1.0]
+    column = {'subdiagnostic': 'diagnostic_subclass', 'superdiagnostic': 'diagnostic_class'}
+
+    def labels_of(codes):
+        out = set()
+        for code in codes:
+            if task == 'all':
+                out.add(code)
+            elif task in ('form', 'rhythm'):
+                if code in statements.index and statements.loc[code, task] == 1.0:
+                    out.add(code)
+            elif code in diag.index:
+                value = code if task == 'diagnostic' else diag.loc[code, column[task]]
+                if isinstance(value, str):
+                    out.add(value)
+        return out
+
+    return database.scp_codes.apply(lambda c: labels_of(ast.literal_eval(c) if isinstance(c, str)
+                                                        else c))
+
+
+@pytest.mark.parametrize('task', data.TASKS)
+def test_task_records_and_classes_on_full_csv(full_csv_labels, task):
+    database, statements, labels = full_csv_labels
+    keep, targets = data.select_task(labels[data.SOURCE_TASK[task]], task)
+    assert keep.sum() == EXPECTED_RECORDS[task]
+    assert len(data.present_classes(targets[keep])) == EXPECTED_CLASSES[task]
+    # Same records and per-class counts as an independent pandas aggregation.
+    sets = _independent_sets(database, statements, data.SOURCE_TASK[task])
+    sizes = sets.apply(len).to_numpy()
+    expected_keep = sizes == 1 if task == 'st_mem' else sizes > 0
+    np.testing.assert_array_equal(keep, expected_keep)
+    counts = pd.Series([c for s in sets[expected_keep] for c in s]).value_counts()
+    from tfds_builders.ptb_xl import ptb_xl_dataset_builder as builder
+    classes = builder.vocabularies_from_statements(statements)[data.SOURCE_TASK[task]]
+    got = dict(zip(classes, targets[keep].sum(axis=0).astype(int)))
+    assert got == {c: int(counts.get(c, 0)) for c in classes}
+
+
+def test_st_mem_targets_are_one_hot(full_csv_labels):
+    _, _, labels = full_csv_labels
+    keep, targets = data.select_task(labels['superdiagnostic'], 'st_mem')
+    assert (targets[keep].sum(axis=1) == 1).all()
+    assert data.is_single_label('st_mem') and not data.is_single_label('superdiagnostic')
+
+
+# ---------------------------------------------------------------- crops and windows
+
+@pytest.mark.parametrize('fs,patch,crop,stride', [(100, 5, 250, 125), (500, 25, 1250, 625)])
+def test_crop_and_window_arithmetic(fs, patch, crop, stride):
+    assert data.window_samples(fs, 2.5) == crop
+    assert data.window_samples(fs, 1.25) == stride
+    data.check_patch_multiple(crop, patch, 'crop')
+    assert crop // patch == 50  # 50 tokens of 50 ms
+    t = 10 * fs
+    assert data.transforms.num_windows(t, crop, stride) == 7
+    x = np.arange(2 * t * 12, dtype=np.float32).reshape(2, t, 12)
+    w = data.eval_windows(x, crop, stride)
+    assert w.shape == (2, 7, crop, 12)
+    for r in range(2):
+        for k in range(7):
+            np.testing.assert_array_equal(w[r, k], x[r, k * stride:k * stride + crop])
+    assert w[0, -1, -1, 0] == x[0, -1, 0]  # the last window ends at the record's end
+    with pytest.raises(ValueError):
+        data.check_patch_multiple(crop + 1, patch, 'crop')
+
+
+def _split(n=20, t=1000, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return data.Split(rng.standard_normal((n, t, 12)).astype(np.float32),
+                      (rng.random((n, c)) < 0.5).astype(np.float32), np.arange(100, 100 + n))
+
+
+def test_train_batches_are_random_crops_and_epochs_cover_every_record():
+    split = _split(n=20)
+    seen = []
+    for step in range(4):  # 20 // 8 = 2 batches per epoch: steps 0-1 epoch 0, 2-3 epoch 1
+        b = data.train_batch(split, batch_size=8, crop=250, seed=3, step=step)
+        assert b['signal'].shape == (8, 250, 12) and b['target'].shape == (8, 3)
+        for x, y in zip(b['signal'], b['target']):
+            # Each crop is a contiguous slice of the record whose target it carries.
+            rows = [i for i in range(20) if np.array_equal(split.targets[i], y)
+                    and any(np.array_equal(split.signals[i, s:s + 250], x)
+                            for s in range(0, 751))]
+            assert rows
+            seen.append((step // 2, rows[0]))
+    for epoch in (0, 1):
+        rows = [r for e, r in seen if e == epoch]
+        assert len(set(rows)) == 16  # no record twice within an epoch (drop last)
+    again = data.train_batch(split, batch_size=8, crop=250, seed=3, step=2)
+    np.testing.assert_array_equal(again['signal'],
+                                  data.train_batch(split, batch_size=8, crop=250, seed=3,
+                                                   step=2)['signal'])
+    other = data.train_batch(split, batch_size=8, crop=250, seed=4, step=2)
+    assert not np.array_equal(again['signal'], other['signal'])
+
+
+def test_average_window_logits():
+    logits = np.arange(3 * 7 * 2, dtype=np.float32).reshape(3 * 7, 2)
+    avg = data.average_window_logits(logits, 3)
+    np.testing.assert_allclose(avg, logits.reshape(3, 7, 2).mean(axis=1))
+    assert avg.shape == (3, 2)
+
+
+def test_evaluator_averages_logits_per_record_over_devices():
+    # A stand-in "model": the logit of a window is its mean over time and leads,
+    # so a record's averaged logit is the mean of its windows' means.
+    split = _split(n=11, t=1000, c=1)
+    mesh = protocols.parallel.make_mesh()
+    assert mesh.devices.size == 4
+
+    def eval_step(params, windows):
+        return windows.mean(axis=(1, 2))[:, None] * params
+
+    ev = protocols.Evaluator(eval_step, mesh, crop=250, stride=125, records_per_batch=3,
+                             windows_per_record=7)
+    assert ev.records_per_batch % 4 == 0  # 7 windows per record: records must split 4 ways
+    got = ev.logits(np.float32(1.0), split)
+    w = data.eval_windows(split.signals, 250, 125)
+    np.testing.assert_allclose(got[:, 0], w.mean(axis=(2, 3)).mean(axis=1), rtol=1e-5,
+                               atol=1e-6)
+    assert got.shape == (11, 1)
+
+
+# ---------------------------------------------------------------- assembling a task
+
+def test_assemble_normalises_with_train_statistics_and_splits_by_fold():
+    rng = np.random.default_rng(0)
+    n, t = 60, 100
+    folds = np.repeat([1, 2, 9, 10], 15)
+    signals = rng.standard_normal((n, t, 12)).astype(np.float32) * 2 + 3
+    signals[folds == 10] += 100.0  # test data far off: must not leak into the stats
+    labels = np.zeros((n, 4), bool)
+    labels[np.arange(n), rng.integers(0, 3, n)] = True  # class 3: nobody
+    labels[::5, 0] = True  # some multi-label records
+    labels[7] = False  # no label: dropped
+    d = data.assemble(signals, labels, folds, np.arange(n), task='superdiagnostic',
+                      classes=['A', 'B', 'C', 'D'], fs=10.0)
+    assert d.classes == ['A', 'B', 'C'] and d.dropped_classes == ['D']
+    assert len(d.train) == 29 and len(d.val) == 15 and len(d.test) == 15
+    assert d.folds == {'train': [1, 2], 'val': [9], 'test': [10]}
+    np.testing.assert_allclose(d.train.signals.mean(axis=(0, 1)), 0, atol=1e-4)
+    np.testing.assert_allclose(d.train.signals.std(axis=(0, 1)), 1, atol=1e-3)
+    assert d.test.signals.max() == 5.0 and d.test.signals.min() >= -5.0  # clipped
+    single = data.assemble(signals, labels, folds, np.arange(n), task='st_mem',
+                           classes=['A', 'B', 'C', 'D'], fs=10.0)
+    assert (single.train.targets.sum(axis=1) == 1).all()
+    assert (len(single.train) + len(single.val) + len(single.test)
+            == int((labels.sum(axis=1) == 1).sum()))
+    counts = d.counts()
+    assert counts['train']['records'] == 29
+    assert sum(counts['test']['positives'].values()) == int(d.test.targets.sum())
+
+
+def test_assemble_float16_storage():
+    rng = np.random.default_rng(1)
+    signals = rng.standard_normal((8, 50, 12)).astype(np.float32)
+    labels = np.eye(2, dtype=bool)[rng.integers(0, 2, 8)]
+    d = data.assemble(signals, labels, np.array([1, 1, 1, 1, 9, 9, 10, 10]), np.arange(8),
+                      task='superdiagnostic', classes=['A', 'B'], fs=5.0,
+                      storage_dtype='float16')
+    assert d.train.signals.dtype == np.float16
+    b = data.train_batch(d.train, batch_size=2, crop=10, seed=0, step=0)
+    assert b['signal'].dtype == np.float32
+
+
+# ---------------------------------------------------------------- the real TFDS dataset
+
+def test_load_ptbxl_from_tfds(ptbxl_tfds_dir):
+    d = data.load_ptbxl('superdiagnostic', fs=100, data_dir=str(ptbxl_tfds_dir),
+                        max_records_per_fold=40)
+    assert d.source == 'ptb_xl/records100'
+    assert d.folds['train'] == [1, 2] and d.folds['val'] == [9] and d.folds['test'] == [10]
+    assert d.classes == ['CD', 'HYP', 'MI', 'NORM', 'STTC']
+    assert d.train.signals.shape[1:] == (1000, 12)
+    assert np.abs(d.train.signals).max() <= 5.0
+    assert (d.train.targets.sum(axis=1) >= 1).all()
+    # 500 Hz encoder on the 100 Hz dataset: FFT-resampled to 5000 samples.
+    d500 = data.load_ptbxl('st_mem', fs=500, data_dir=str(ptbxl_tfds_dir),
+                           max_records_per_fold=10)
+    assert d500.train.signals.shape[1:] == (5000, 12)
+    assert (d500.val.targets.sum(axis=1) == 1).all()
