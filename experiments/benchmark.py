@@ -30,7 +30,6 @@ import math
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time

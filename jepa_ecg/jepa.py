@@ -8,7 +8,6 @@ PRNG key. The step takes a global batch: `signal` (B, T, leads),
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import flax

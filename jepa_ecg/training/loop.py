@@ -9,7 +9,6 @@ import time
 from typing import Any, Iterator
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -104,7 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     os.makedirs(workdir, exist_ok=True)
     cfg = model_config_from(config)
     mesh = parallel.make_mesh()
-    local_batch = parallel.local_batch_size(config.global_batch_size, mesh)
+    parallel.local_batch_size(config.global_batch_size, mesh)  # checks divisibility
     schedules = optim.make_schedules(config)
     tx = optim.make_optimizer(config, schedules)
     step_fn = jepa.make_train_step(cfg, tx, schedules, dtype=config.dtype,
@@ -137,7 +136,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         for batch in source_iter:
             # Only what the step consumes goes to the devices.
             yield {k: batch[k] for k in ('signal', 'keep_idx', 'keep_valid', 'predict_mask')}
-    it = model_inputs()
+    # Keeps the next batch's host-to-device copy in flight while a step runs.
+    it = parallel.prefetch_to_device(model_inputs(), mesh, size=1)
     writer = MetricsWriter(workdir)
     meta_base = {'model': cfg.to_dict(), 'seed': config.seed,
                  'global_batch_size': config.global_batch_size}
@@ -149,15 +149,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     t_last, step_last = time.time(), start_step
     t_start = t_last
     last: dict[str, float] = {}
-    next_batch = parallel.host_to_global(next(it), mesh) if start_step < total else None
     step = start_step
     try:
         while step < total:
-            batch = next_batch
-            state, metrics = train_step(state, batch)
+            state, metrics = train_step(state, next(it))
             step += 1
-            # Stage the next batch on device while this step runs.
-            next_batch = parallel.host_to_global(next(it), mesh) if step < total else None
             due_save = manager.should_save(step) or step == total
             if due_save and step % config.log_every:
                 # Never write a non-finite state into a checkpoint.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -77,14 +77,6 @@ def prefetch_to_device(batches: Iterable[dict], mesh: Mesh, size: int = 2) -> It
         batch = queue.popleft()
         enqueue(1)
         yield batch
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a pytree (identical on every process) replicated over the mesh."""
-    sharding = replicated(mesh)
-    return jax.tree_util.tree_map(
-        lambda x: jax.make_array_from_callback(np.shape(x), sharding,
-                                               lambda idx: np.asarray(x)[idx]), tree)
 
 
 def initialize_distributed() -> None:
