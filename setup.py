@@ -7,6 +7,7 @@ CORE = [
     'flax>=0.10',
     'optax>=0.2.3',
     'orbax-checkpoint>=0.9',
+    'grain>=0.2.18',  # the input pipeline (MapDataset, mix, batch_fn, worker processes)
     'numpy>=1.26',
     'scipy>=1.11',
     'pandas>=2.0',
@@ -32,6 +33,7 @@ setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
+    license_files=['LICENSE'],
     python_requires='>=3.10',
     packages=find_packages(include=['jepa_ecg', 'jepa_ecg.*',
                                     'tfds_builders', 'tfds_builders.*']),

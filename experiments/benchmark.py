@@ -59,7 +59,9 @@ flags.DEFINE_string('data_dir', None, 'TFDS data_dir for --what=pipeline; defaul
                     'offline synthetic_ecg source in a temporary directory.')
 flags.DEFINE_string('mixture', 'synthetic', 'Data mixture for --what=pipeline (with --data_dir).')
 flags.DEFINE_integer('pipeline_steps', 100, 'Timed pipeline steps.')
-flags.DEFINE_integer('workers', None, 'Pipeline worker threads (default: CPUs).')
+flags.DEFINE_integer('threads', None, 'Pipeline threads per process (default: CPUs).')
+flags.DEFINE_multi_integer('worker_count', [0], 'Grain worker processes of the pipeline '
+                           '(repeatable: one measurement each; 0 = threads in this process).')
 flags.DEFINE_string('encoder', None, 'Encoder directory for --what=embed (default: random '
                     'weights of --variant).')
 flags.DEFINE_string('out', None, 'Also append the JSON lines to this file.')
@@ -157,7 +159,7 @@ def _emit(record: dict) -> None:
 
 def _model_config(s: dict):
     from experiments.configs.pretrain import get_config  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.training import loop  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.models.config import model_config_from  # pylint: disable=g-import-not-at-top
     tokens = {'XS': 'vit_xs', 'S': 'vit_s', 'B': 'vit_b', 'tiny': 'vit_tiny'}[s['variant']]
     config = get_config(tokens + ',synthetic')
     config.unlock()
@@ -165,7 +167,7 @@ def _model_config(s: dict):
     config.model.window_seconds = s['window_seconds']
     config.dtype = s['dtype']
     config.grad_accum_steps = 1
-    return config, loop.model_config_from(config)
+    return config, model_config_from(config)
 
 
 # -------------------------------------------------------------- train step
@@ -173,9 +175,10 @@ def bench_train_step(s: dict, batch: int) -> dict:
     """Times the jitted, donated pre-training step on device-resident batches."""
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
-    from jepa_ecg import jepa  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.training import jepa_step as jepa  # pylint: disable=g-import-not-at-top
     from jepa_ecg.data import masking  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.training import flops, optim, parallel  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.training import flops, optim  # pylint: disable=g-import-not-at-top
+    from jepa_ecg import sharding as parallel  # pylint: disable=g-import-not-at-top
 
     config, cfg = _model_config(s)
     schedules = optim.make_schedules(config)
@@ -265,31 +268,46 @@ def bench_train_step(s: dict, batch: int) -> dict:
 # ---------------------------------------------------------------- pipeline
 def _synthetic_data_dir(smoke: bool):
     """Builds the offline synthetic source in a temp dir; returns (dir, mixture, sources)."""
-    from jepa_ecg.data import pipeline, stats  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.data import stats  # pylint: disable=g-import-not-at-top
+    from tfds_builders import build  # pylint: disable=g-import-not-at-top
     from jepa_ecg.data.sources import Source  # pylint: disable=g-import-not-at-top
     path = tempfile.mkdtemp(prefix='jepa_bench_tfds_')
     config = 'tiny' if smoke else 'small'
     src = Source('bench_synthetic', f'synthetic_ecg/{config}', 500.0)
-    pipeline.build_dataset(f'synthetic_ecg/{config}', path)
+    build.build_dataset(f'synthetic_ecg/{config}', path)
     stats.save_lead_stats(stats.compute_lead_stats(src, path, max_records=32), src, path)
     return path, {src.name: 1.0}, {src.name: src}
+
+
+def _pipeline_record(s: dict, batch: int, r: dict, steps: int) -> dict:
+    step_rate = _LAST_STEP_RATE.get((s['variant'], batch)) or next(
+        iter(_LAST_STEP_RATE.values()), None)
+    return {
+        **_base_record('pipeline', s, batch),
+        'records_per_s': r['records_per_s'], 'steps_per_s': r['steps_per_s'],
+        'records_per_cpu_s': r.get('records_per_cpu_s'),
+        'peak_rss_mb': r.get('rss_peak_mb'), 'rss_start_mb': r.get('rss_start_mb'),
+        'compile_s': None, 'num_threads': r.get('num_threads'),
+        'worker_count': r.get('worker_count'), 'pipeline_steps': steps,
+        'train_step_records_per_s': step_rate,
+        'keeps_up': None if step_rate is None else r['records_per_s'] >= step_rate,
+        'load_avg_1m': r.get('load_average_1min'),
+    }
 
 
 def bench_pipeline(s: dict, batch: int):
     """Input-pipeline records/s and peak RSS.
 
     With --data_dir (or --smoke): one measurement of that mixture in this
-    process. Otherwise the standard cases, each in a fresh process so its
-    peak RSS is its own: 10 s windows at 500 Hz from a source stored at
-    500 Hz at two dataset sizes (512 and 4,096 records: RSS must not grow),
-    and from a source stored at 400 Hz (the cost of resampling).
+    process. Otherwise the standard cases of experiments/pipeline_bench.py,
+    each in a fresh process so its peak RSS is its own.
     """
-    from jepa_ecg.training import parallel  # pylint: disable=g-import-not-at-top
+    from experiments import pipeline_bench  # pylint: disable=g-import-not-at-top
+    from jepa_ecg import sharding  # pylint: disable=g-import-not-at-top
     if not FLAGS.data_dir and not FLAGS.smoke:
         return bench_pipeline_suite(s, batch)
-    from jepa_ecg.data import pipeline  # pylint: disable=g-import-not-at-top
     from jepa_ecg.models.config import model_config  # pylint: disable=g-import-not-at-top
-    parallel.hide_accelerators_from_tensorflow()
+    sharding.hide_accelerators_from_tensorflow()
     cfg = model_config(s['variant'], fs=s['fs'], window_seconds=s['window_seconds'])
     if FLAGS.data_dir:
         from jepa_ecg.data.sources import MIXTURES  # pylint: disable=g-import-not-at-top
@@ -298,57 +316,35 @@ def bench_pipeline(s: dict, batch: int):
         data_dir, mixture, sources = _synthetic_data_dir(FLAGS.smoke)
         tmp = data_dir
     steps = 2 if FLAGS.smoke else FLAGS.pipeline_steps
+    records = []
     try:
-        load_before = os.getloadavg()[0]
-        with PeakRss() as rss:
-            r = pipeline.pipeline_benchmark(
+        for workers in FLAGS.worker_count:
+            r = pipeline_bench.measure(
                 mixture, data_dir=data_dir, global_batch_size=batch, fs=cfg.fs,
                 window_seconds=cfg.window_seconds, patch_size=cfg.patch_size,
                 num_steps=steps, warmup_steps=1 if FLAGS.smoke else 3, seed=FLAGS.seed,
-                num_workers=FLAGS.workers, sources=sources)
-        load_after = os.getloadavg()[0]
+                num_threads=FLAGS.threads, worker_count=workers, sources=sources)
+            records.append({**_pipeline_record(s, batch, r, steps), 'mixture': sorted(mixture),
+                            'data_dir': None if tmp else data_dir})
     finally:
         if tmp:
             import shutil  # pylint: disable=g-import-not-at-top
             shutil.rmtree(tmp, ignore_errors=True)
-    step_rate = _LAST_STEP_RATE.get((s['variant'], batch)) or next(
-        iter(_LAST_STEP_RATE.values()), None)
-    return {
-        **_base_record('pipeline', s, batch),
-        'records_per_s': r['records_per_s'], 'steps_per_s': r['steps_per_s'],
-        'peak_rss_mb': max(rss.peak_mb, r.get('rss_peak_mb', 0.0)), 'compile_s': None,
-        'num_workers': r.get('num_workers'), 'pipeline_steps': steps,
-        'mixture': sorted(mixture), 'data_dir': None if tmp else data_dir,
-        'train_step_records_per_s': step_rate,
-        'keeps_up': None if step_rate is None else r['records_per_s'] >= step_rate,
-        'load_avg_1m': [load_before, load_after],
-    }
+    return records
 
 
 def bench_pipeline_suite(s: dict, batch: int) -> list[dict]:
-    from jepa_ecg.data import pipeline  # pylint: disable=g-import-not-at-top
+    from experiments import pipeline_bench  # pylint: disable=g-import-not-at-top
     if s['fs'] != 500.0 or s['window_seconds'] != 10.0:
         raise app.UsageError('the standard pipeline cases are 10 s at 500 Hz; pass --data_dir '
                              'and --mixture to measure another setting')
     data_dir = FLAGS.bench_data_dir or os.path.join(
         os.path.expanduser('~'), '.cache', 'jepa_ecg', 'bench_tfds')
-    results = pipeline.benchmark_suite(data_dir, global_batch_size=batch,
-                                       num_steps=FLAGS.pipeline_steps, num_workers=FLAGS.workers)
-    step_rate = _LAST_STEP_RATE.get((s['variant'], batch))
-    records = []
-    for case, r in results.items():
-        records.append({
-            **_base_record('pipeline', s, batch), 'case': case, 'description': r['description'],
-            'records_per_s': r['records_per_s'], 'steps_per_s': r['steps_per_s'],
-            'records_per_cpu_s': r.get('records_per_cpu_s'),
-            'peak_rss_mb': r.get('rss_peak_mb'), 'rss_start_mb': r.get('rss_start_mb'),
-            'compile_s': None, 'num_workers': r.get('num_workers'),
-            'pipeline_steps': FLAGS.pipeline_steps, 'data_dir': data_dir,
-            'train_step_records_per_s': step_rate,
-            'keeps_up': None if step_rate is None else r['records_per_s'] >= step_rate,
-            'load_avg_1m': r.get('load_average_1min'),
-        })
-    return records
+    results = pipeline_bench.run_suite(data_dir, global_batch_size=batch,
+                                       num_steps=FLAGS.pipeline_steps, num_threads=FLAGS.threads,
+                                       worker_counts=FLAGS.worker_count)
+    return [{**_pipeline_record(s, batch, r, FLAGS.pipeline_steps), 'case': r['case'],
+             'description': r['description'], 'data_dir': data_dir} for r in results]
 
 
 # ------------------------------------------------------------------- embed
@@ -356,18 +352,18 @@ def bench_embed(s: dict, batch: int) -> dict:
     """Records/s of the encoder forward pass on full windows (inference)."""
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
-    from jepa_ecg import jepa  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.training import jepa_step as jepa  # pylint: disable=g-import-not-at-top
     from jepa_ecg.training import flops  # pylint: disable=g-import-not-at-top
 
     _, cfg = _model_config(s)
     try:
-        from jepa_ecg import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
+        from jepa_ecg import inference  # pylint: disable=g-import-not-at-top
         if FLAGS.encoder:
-            enc = encoder_lib.load_encoder(FLAGS.encoder)
+            enc = inference.load_encoder(FLAGS.encoder)
             cfg = enc.config
         else:
             params = jepa.init_params(jax.random.PRNGKey(FLAGS.seed), cfg)['encoder']
-            enc = encoder_lib.Encoder(cfg, params)
+            enc = inference.Encoder(cfg, params)
         forward, how = enc.tokens, 'Encoder.tokens'
     except ImportError:  # the inference API is optional for this benchmark
         from jepa_ecg.models import build_encoder  # pylint: disable=g-import-not-at-top

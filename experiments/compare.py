@@ -37,8 +37,9 @@ def load_predictions(path: str, split: str = 'test') -> dict:
       {'targets', 'predictions', 'ecg_ids', 'classes'} numpy arrays.
     """
     import numpy as np
+    from jepa_ecg.training.checkpoint import PREDICTIONS_FILE
     if os.path.isdir(path):
-        path = os.path.join(path, 'predictions.npz')
+        path = os.path.join(path, PREDICTIONS_FILE)
     with np.load(path) as f:
         return {'targets': f[f'{split}_targets'], 'predictions': f[f'{split}_predictions'],
                 'ecg_ids': f[f'{split}_ecg_ids'], 'classes': f['classes']}

@@ -13,7 +13,9 @@ r"""PTB-XL evaluation of an ECG-JEPA encoder (linear probe / fine-tuning).
 encoder directory, `random:<variant>` (random init at --config.model.fs), or
 for finetune_after_linear a linear run's workdir. Outputs per task and seed
 in `<workdir>/<task>/seed<k>/` (results.json, predictions.npz, plots, best/)
-and the mean and std over seeds in `<workdir>/results.json`.
+and the mean and std over seeds in `<workdir>/results.json`. The config and
+`--encoder` are checked before anything starts (a bad value exits with
+status 2). Library INFO logs stay off unless `--verbosity` asks for them.
 """
 
 import os
@@ -23,51 +25,52 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-TASK_CHOICES = ('all', 'diagnostic', 'subdiagnostic', 'superdiagnostic', 'form', 'rhythm',
-                'st_mem')
+from experiments import console  # noqa: E402
+from jepa_ecg.data.ptbxl import TASKS  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Fine-tuning config file.', lock_config=True)
 flags.DEFINE_string('encoder', None, 'Pre-training workdir, exported encoder, '
                     'random:<variant>, or a linear-run workdir (finetune_after_linear).')
-flags.DEFINE_list('task', ['all'], f'Comma-separated tasks of {TASK_CHOICES}.')
+flags.DEFINE_list('task', ['all'], f'Comma-separated tasks of {TASKS}.')
 flags.DEFINE_integer('seeds', 1, 'Repeated runs per task (seeds config.seed + 0..N-1).')
 flags.DEFINE_string('workdir', None, 'Output folder.')
 flags.mark_flags_as_required(['config', 'encoder', 'workdir'])
 
 
-def quiet_orbax_info():
-    """Drops Orbax's INFO lines (a dozen per checkpoint) so progress lines stay readable."""
-    import logging as std_logging
-
-    class _Filter(std_logging.Filter):
-        def filter(self, record):
-            return record.levelno > std_logging.INFO or '/orbax/' not in record.pathname
-
-    logging.get_absl_handler().addFilter(_Filter())
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError('Too many command-line arguments.')
-    quiet_orbax_info()
-    unknown = [t for t in FLAGS.task if t not in TASK_CHOICES]
-    if unknown:
-        raise app.UsageError(f'unknown tasks {unknown}; choose from {TASK_CHOICES}')
-    if FLAGS.seeds < 1:
-        raise app.UsageError('--seeds must be >= 1')
-    from jepa_ecg.training import parallel
-    parallel.initialize_distributed()
-    parallel.hide_accelerators_from_tensorflow()
-    from jepa_ecg.evaluation import protocols
-    summary = protocols.run_all(FLAGS.config, FLAGS.workdir, encoder=FLAGS.encoder,
-                                tasks=list(FLAGS.task), num_seeds=FLAGS.seeds)
+def _print_summary(summary: dict) -> None:
     for task, s in summary['tasks'].items():
         auc = s['test_macro_auc']
         print(f'{FLAGS.config.protocol} {task}: test macro AUC {auc["mean"]:.4f} '
               f'+- {auc["std"]:.4f} over {auc["n"]} seed(s); runs: '
               + ', '.join(f'{r["test_macro_auc"]:.4f} [{r["test_macro_auc_ci"][0]:.4f}, '
                           f'{r["test_macro_auc_ci"][1]:.4f}]' for r in s['runs']))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError('Too many command-line arguments.', exitcode=2)
+    console.quiet_library_logs()
+    unknown = [t for t in FLAGS.task if t not in TASKS]
+    if unknown:
+        raise app.UsageError(f'--task: unknown tasks {unknown}; choose from {TASKS}',
+                             exitcode=2)
+    if FLAGS.seeds < 1:
+        raise app.UsageError(f'--seeds={FLAGS.seeds}: must be >= 1', exitcode=2)
+    # Nothing may start the JAX backends before initialize_distributed.
+    from jepa_ecg import sharding  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.inference import resolve  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.training import config_checks, finetune_loop  # pylint: disable=g-import-not-at-top
+    sharding.initialize_distributed()
+    sharding.hide_accelerators_from_tensorflow()
+    try:
+        config_checks.check_finetune_config(FLAGS.config)
+        resolver = resolve.make_resolver(FLAGS.encoder, FLAGS.config)
+    except ValueError as e:
+        raise app.UsageError(str(e), exitcode=2) from None
+    summary = finetune_loop.run_all(FLAGS.config, FLAGS.workdir, encoder=resolver,
+                                    tasks=list(FLAGS.task), num_seeds=FLAGS.seeds)
+    _print_summary(summary)
     logging.info('results in %s', os.path.join(FLAGS.workdir, 'results.json'))
 
 

@@ -6,6 +6,8 @@ points are loaded on first use.
     import jepa_ecg
     enc = jepa_ecg.load_encoder('path/to/encoder')   # exported or imported encoder
     emb = enc.embed(signal, fs=500, leads=['I', 'II', ...])
+    clf = jepa_ecg.load_classifier('path/to/classifier')   # fine-tuned
+    probs = clf.predict(signal, fs=500, leads=['I', 'II', ...])
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ __version__ = '0.1.0'
 
 # name -> (module, attribute), resolved lazily by __getattr__ (PEP 562).
 _LAZY = {
-    'load_encoder': ('jepa_ecg.encoder', 'load_encoder'),
-    'Encoder': ('jepa_ecg.encoder', 'Encoder'),
-    'read_record': ('jepa_ecg.io', 'read_record'),
+    'load_encoder': ('jepa_ecg.inference.runs', 'load_encoder'),
+    'load_classifier': ('jepa_ecg.inference.runs', 'load_classifier'),
+    'Encoder': ('jepa_ecg.inference.encoder', 'Encoder'),
+    'read_record': ('jepa_ecg.ecg.files', 'read_record'),
 }
 
 __all__ = ['__version__', *_LAZY]

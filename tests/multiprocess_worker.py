@@ -14,27 +14,27 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(out_path: str, steps: int) -> None:
-    from jepa_ecg.training import parallel
+    from jepa_ecg import sharding as parallel
     parallel.initialize_distributed()
 
     import jax
     import numpy as np
 
     from experiments.configs.pretrain import get_config
-    from jepa_ecg import jepa
+    from jepa_ecg.training import jepa_step as jepa
     from jepa_ecg.data.masking import sample_batch_masks
-    from jepa_ecg.training import loop, optim
+    from jepa_ecg.models.config import model_config_from
+    from jepa_ecg.training import optim
 
     config = get_config('vit_tiny,smoke,100hz')
-    cfg = loop.model_config_from(config)
+    cfg = model_config_from(config)
     schedules = optim.make_schedules(config)
     tx = optim.make_optimizer(config, schedules)
     mesh = parallel.make_mesh()
-    repl, sh = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    step = jax.jit(jepa.make_train_step(cfg, tx, schedules), in_shardings=(repl, sh),
-                   out_shardings=(repl, repl), donate_argnums=(0,))
-    state = jax.jit(lambda k: jepa.init_train_state(k, cfg, tx),
-                    out_shardings=repl)(jax.random.PRNGKey(0))
+    step = parallel.jit_data_parallel(jepa.make_train_step(cfg, tx, schedules), mesh,
+                                      donate_argnums=(0,))
+    state = parallel.jit_data_parallel(lambda k: jepa.init_train_state(k, cfg, tx), mesh,
+                                       batch_argnums=())(jax.random.PRNGKey(0))
     global_batch = 8
     local = parallel.local_batch_size(global_batch, mesh)
     lo = jax.process_index() * local

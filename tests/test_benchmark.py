@@ -87,7 +87,7 @@ def test_peak_flops_lookup():
 def test_prefetch_to_device_keeps_order_and_places_batches():
     import jax
     import numpy as np
-    from jepa_ecg.training import parallel
+    from jepa_ecg import sharding as parallel
     mesh = parallel.make_mesh(jax.devices()[:2])
     host = [{'x': np.full((4, 3), i, np.float32)} for i in range(5)]
     got = list(parallel.prefetch_to_device(iter(host), mesh, size=2))

@@ -7,7 +7,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 import tfds_builders  # noqa: F401  (registers the builders)
-from tfds_builders import common
+from tfds_builders import features
+from tfds_builders import skips
 from tfds_builders.cinc2021 import cinc2021_dataset_builder as cinc
 from tfds_builders.cinc2021 import make_dummy_data as dummy
 # TFDS conformance tests, collected by `pytest tests` through this import.
@@ -61,21 +62,21 @@ def test_signal_scaling_and_header_fields(dummy_build):
     np.testing.assert_allclose(a3['signal'], ecg_like(5000, 500, 3),
                                atol=6e-4)
     report = dummy_build.info.metadata['build_report']['train']
-    assert report['skipped'] == {common.TOO_SHORT: 1}
+    assert report['skipped'] == {skips.TOO_SHORT: 1}
 
 
 @pytest.mark.parametrize('value,expected', [
     ('Male', 0), ('M', 0), (' female ', 1), ('F', 1), ('Unknown', -1),
     ('', -1), (None, -1)])
 def test_parse_sex(value, expected):
-    assert common.parse_sex(value) == expected
+    assert features.parse_sex(value) == expected
 
 
 @pytest.mark.parametrize('value,expected', [
     ('74', 74.0), (' 61 ', 61.0), ('NaN', -1.0), ('Unknown', -1.0),
     ('', -1.0), ('-1', -1.0), (None, -1.0)])
 def test_parse_age(value, expected):
-    assert common.parse_age(value) == expected
+    assert features.parse_age(value) == expected
 
 
 def test_parse_dx():
@@ -90,13 +91,13 @@ def test_native_rate_is_kept(tmp_path):
 
 
 BAD_CASES = {
-    'B0001': common.MISSING_LEAD,
-    'B0002': common.ALL_NAN_LEAD,
-    'B0003': common.FLAT_LEAD,
-    'B0004': common.TOO_SHORT,
-    'B0005': common.BAD_HEADER,
-    'B0006': common.UNREADABLE_FILE,
-    'B0007': common.MISSING_FILE,
+    'B0001': skips.MISSING_LEAD,
+    'B0002': skips.ALL_NAN_LEAD,
+    'B0003': skips.FLAT_LEAD,
+    'B0004': skips.TOO_SHORT,
+    'B0005': skips.BAD_HEADER,
+    'B0006': skips.UNREADABLE_FILE,
+    'B0007': skips.MISSING_FILE,
 }
 
 
@@ -130,7 +131,7 @@ def bad_build(tmp_path_factory):
 def test_bad_record_is_skipped_and_counted(bad_build, record, reason):
     report = bad_build.info.metadata['build_report']['train']
     # dummy_data's A0002 is too short as well.
-    assert report['skipped'][reason] == 1 + (reason == common.TOO_SHORT), report
+    assert report['skipped'][reason] == 1 + (reason == skips.TOO_SHORT), report
     assert any(record in s for s in report['skip_samples'][reason]), report
     assert record not in _examples(bad_build)
 

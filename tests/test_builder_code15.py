@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import tfds_builders  # noqa: F401  (registers the builders)
-from tfds_builders import common
+from tfds_builders import skips
 from tfds_builders.code15 import code15_dataset_builder as code15
 from tfds_builders.code15 import make_dummy_data as dummy
 from tfds_builders.code15 import reading
@@ -61,19 +61,19 @@ def test_examples_are_trimmed_and_labelled(dummy_build):
 def test_csv_hdf5_mismatches_are_counted(dummy_build):
     report = dummy_build.info.metadata['build_report']['train']
     assert report['skipped'] == {
-        common.TOO_SHORT: 1,          # 1002: 7 s
+        skips.TOO_SHORT: 1,          # 1002: 7 s
         code15.NOT_IN_HDF5: 1,        # 1003
-        common.MISSING_FILE: 1,       # 1004: exams_part1.hdf5 absent
+        skips.MISSING_FILE: 1,       # 1004: exams_part1.hdf5 absent
         code15.NOT_IN_CSV: 1,         # the padding row (exam_id 0)
     }, report
     assert report['written'] == 2
 
 
 BAD_CASES = {
-    2001: common.ALL_NAN_LEAD,
-    2002: common.FLAT_LEAD,
-    2003: common.FLAT_LEAD,       # all samples zero
-    2004: common.TOO_SHORT,
+    2001: skips.ALL_NAN_LEAD,
+    2002: skips.FLAT_LEAD,
+    2003: skips.FLAT_LEAD,       # all samples zero
+    2004: skips.TOO_SHORT,
     3001: code15.NOT_IN_CSV,      # in the HDF5 only
 }
 
@@ -115,10 +115,10 @@ def test_bad_record_is_skipped_and_counted(bad_build, exam_id, reason):
 def test_bad_build_counts(bad_build):
     report = bad_build.info.metadata['build_report']['train']
     assert report['skipped'] == {
-        common.ALL_NAN_LEAD: 1, common.FLAT_LEAD: 2,
-        common.TOO_SHORT: 2,  # + 1002
+        skips.ALL_NAN_LEAD: 1, skips.FLAT_LEAD: 2,
+        skips.TOO_SHORT: 2,  # + 1002
         code15.NOT_IN_CSV: 3,  # 3001 + two padding rows
-        code15.NOT_IN_HDF5: 1, common.MISSING_FILE: 1}, report
+        code15.NOT_IN_HDF5: 1, skips.MISSING_FILE: 1}, report
     assert sorted(_examples(bad_build)) == [1001, 1005, 2005]
 
 
@@ -151,7 +151,7 @@ def test_downloads_when_manual_dir_is_empty(tmp_path, monkeypatch):
     monkeypatch.setattr(tfds.download.DownloadManager, 'download_and_extract',
                         fake_download_and_extract)
     (tmp_path / 'empty').mkdir()
-    builder = _build(tmp_path / 'empty', tmp_path / 'tfds')
+    builder = _build(tmp_path / 'empty', tmp_path / 'tfds', download=True)
     assert builder.info.splits['train'].num_examples == 2
     assert sorted(p.name for p in dummy.DUMMY_DIR.iterdir()) == [
         'exams.csv', 'exams_part0.hdf5']  # nothing written next to sources

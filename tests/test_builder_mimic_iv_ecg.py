@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import tfds_builders  # noqa: F401  (registers the builders)
-from tfds_builders import common
+from tfds_builders import skips
 from tfds_builders.mimic_iv_ecg import make_dummy_data as dummy
 # TFDS conformance tests, collected by `pytest tests` through this import.
 from tfds_builders.mimic_iv_ecg.mimic_iv_ecg_dataset_builder_test import (  # noqa: F401
@@ -56,18 +56,18 @@ def test_nans_are_interpolated(dummy_build):
 
 def test_missing_files_are_counted(dummy_build):
     report = dummy_build.info.metadata['build_report']['train']
-    assert report['skipped'] == {common.MISSING_FILE: 1}
+    assert report['skipped'] == {skips.MISSING_FILE: 1}
     assert report['written'] == 2 and report['total'] == 3
 
 
 BAD_CASES = {
     # study_id: (reason, how to make the record)
-    50000001: common.MISSING_LEAD,
-    50000002: common.ALL_NAN_LEAD,
-    50000003: common.FLAT_LEAD,
-    50000004: common.TOO_SHORT,
-    50000005: common.BAD_HEADER,
-    50000006: common.UNREADABLE_FILE,
+    50000001: skips.MISSING_LEAD,
+    50000002: skips.ALL_NAN_LEAD,
+    50000003: skips.FLAT_LEAD,
+    50000004: skips.TOO_SHORT,
+    50000005: skips.BAD_HEADER,
+    50000006: skips.UNREADABLE_FILE,
 }
 
 

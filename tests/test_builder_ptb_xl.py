@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import tfds_builders  # noqa: F401  (registers the builders)
-from tfds_builders import common
+from tfds_builders import skips
 from tfds_builders.ptb_xl import make_dummy_data
 from tfds_builders.ptb_xl import ptb_xl_dataset_builder as ptb_xl
 # The TFDS conformance tests (`tfds.testing.DatasetBuilderTestCase`), run by
@@ -80,11 +80,11 @@ def test_dummy_build_splits_metadata_and_report(dummy_build):
     assert dummy_build.info.metadata['classes'] == (
         ptb_xl.ptb_xl_label_vocabularies(DUMMY))
     report = dummy_build.info.metadata['build_report']
-    assert report['fold2']['skipped'] == {common.MISSING_FILE: 1}
-    assert report['fold10']['kept_with_warnings'] == {common.FLAT_LEAD: 1}
+    assert report['fold2']['skipped'] == {skips.MISSING_FILE: 1}
+    assert report['fold10']['kept_with_warnings'] == {skips.FLAT_LEAD: 1}
     on_disk = json.loads(
         (pathlib.Path(dummy_build.data_dir) /
-         common.BUILD_REPORT_FILENAME).read_text())
+         skips.BUILD_REPORT_FILENAME).read_text())
     assert on_disk == report
     # Empty splits read as empty datasets, alone and in expressions.
     assert len(list(dummy_build.as_dataset(split='fold3'))) == 0
@@ -150,10 +150,10 @@ def test_bad_records_are_skipped_and_counted(tmp_path):
                                make_dummy_data.PTBXL_LEAD_NAMES)
     builder = _build(root, tmp_path / 'tfds', processes=1)
     report = builder.info.metadata['build_report']
-    assert report['fold1']['skipped'] == {common.BAD_HEADER: 1,
-                                          common.MISSING_LEAD: 1}
-    assert report['fold9']['skipped'] == {common.UNREADABLE_FILE: 1}
-    assert report['fold10']['skipped'] == {common.TOO_SHORT: 1}
+    assert report['fold1']['skipped'] == {skips.BAD_HEADER: 1,
+                                          skips.MISSING_LEAD: 1}
+    assert report['fold9']['skipped'] == {skips.UNREADABLE_FILE: 1}
+    assert report['fold10']['skipped'] == {skips.TOO_SHORT: 1}
     assert builder.info.splits['fold10'].num_examples == 1
     assert builder.info.splits['fold1'].num_examples == 0
 
@@ -199,8 +199,9 @@ def test_real_build_fold_counts(ptbxl_tfds_dir, ptbxl_dir):
     database = pd.read_csv(ptbxl_dir / 'ptbxl_database.csv')
     for fold in range(3, 9):
         assert report[f'fold{fold}']['skipped'] == {
-            common.MISSING_FILE: int((database.strat_fold == fold).sum())}
-    ex = next(iter(tfds.as_numpy(builder.as_dataset(split='fold9').take(1))))
+            skips.MISSING_FILE: int((database.strat_fold == fold).sum())}
+    # The session's build is ArrayRecord: read by random access.
+    ex = builder.as_data_source('fold9')[0]
     assert ex['signal'].shape == (1000, 12)
     assert np.isfinite(ex['signal']).all()
 
@@ -215,6 +216,6 @@ def test_downloads_when_manual_dir_is_empty(tmp_path, monkeypatch):
     monkeypatch.setattr(tfds.download.DownloadManager, 'download_and_extract',
                         fake_download_and_extract)
     (tmp_path / 'empty').mkdir()
-    builder = _build(tmp_path / 'empty', tmp_path / 'tfds')
+    builder = _build(tmp_path / 'empty', tmp_path / 'tfds', download=True)
     assert requested == [ptb_xl._URL]  # pylint: disable=protected-access
     assert builder.info.splits['fold1'].num_examples == 2

@@ -13,8 +13,8 @@ import wfdb
 
 import jepa_ecg
 from jepa_ecg import cli
-from jepa_ecg import encoder as encoder_lib
-from jepa_ecg.leads import LEADS
+from jepa_ecg.inference import encoder as encoder_lib
+from jepa_ecg.ecg.leads import LEADS
 from jepa_ecg.models import build_encoder, model_config
 
 FS = 100.0  # the tiny test model's rate
@@ -60,7 +60,7 @@ def test_load_encoder_api(enc, encoder_dir):
     assert isinstance(enc, encoder_lib.Encoder)
     assert enc.config == model_config('tiny', fs=FS)
     assert enc.leads == LEADS and enc.fs == FS
-    np.testing.assert_allclose(enc.lead_stats['std'], STATS['std'], rtol=1e-6)
+    np.testing.assert_allclose(enc.lead_stats.std, STATS['std'], rtol=1e-6)
     leaves = jax.tree_util.tree_leaves(enc.params)
     assert all(leaf.dtype == np.float32 for leaf in leaves)
     tokens = enc.tokens(np.zeros((2, 250, 12), np.float32))
@@ -268,3 +268,77 @@ def test_cli_embed_ptbxl_test_fold(ptbxl_dir, tmp_path, encoder_dir, capsys):
     z = np.load(out)
     assert z['mean'].shape == (len(files), 32) and np.isfinite(z['mean']).all()
     assert z['mean'].std(0).mean() > 0  # different records, different embeddings
+
+
+@pytest.mark.parametrize('command, option, value, allowed', [
+    ('embed', '--stride-seconds', '0', '> 0 s'),
+    ('embed', '--window-seconds', '0', '> 0 s'),
+    ('embed', '--window-seconds', '-2.5', '> 0 s'),
+    ('embed', '--window-seconds', '0.01', 'shorter than one patch'),  # checked on the model
+    ('embed', '--batch-size', '0', '>= 1'),
+    ('predict', '--batch-size', '0', '>= 1'),
+    ('embed', '--workers', '0', '>= 1'),
+    ('embed', '--fs', '10', 'between 50 and 20000 Hz'),
+    ('predict', '--fs', '50000', 'between 50 and 20000 Hz'),
+    ('embed', '--fs', 'fast', 'between 50 and 20000 Hz'),
+])
+def test_cli_numbers_out_of_range_are_usage_errors(tmp_path, encoder_dir, capsys, command,
+                                                  option, value, allowed):
+    write_inputs(tmp_path / 'in', fs_list=(100,))
+    out = tmp_path / 'out'
+    code, stdout, stderr = run_cli([command, tmp_path / 'in', '--checkpoint', encoder_dir,
+                                    '--out', out, f'{option}={value}', '--quiet'], capsys)
+    assert code == 2
+    assert option in stderr and allowed in stderr, stderr
+    assert 'Traceback' not in stderr and stdout == '' and not out.exists()
+
+
+def test_cli_checks_out_before_any_work(tmp_path, encoder_dir, capsys):
+    record = write_inputs(tmp_path / 'in', fs_list=(100,))['w100']
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a folder')
+    args = ['embed', record, '--checkpoint', encoder_dir, '--quiet', '--out']
+    code, stdout, stderr = run_cli(args + [blocker / 'emb.npz'], capsys)
+    assert code == 2 and '--out' in stderr and 'nothing was processed' in stderr
+    assert 'embedded' not in stdout and 'Traceback' not in stderr
+    code, stdout, stderr = run_cli(args + [tmp_path], capsys)
+    assert code == 2 and 'is a directory' in stderr and 'embedded' not in stdout
+    # A new folder is created; the file is written under exactly the name given.
+    code, stdout, stderr = run_cli(args + [tmp_path / 'new' / 'emb'], capsys)
+    assert code == 0, stderr
+    assert os.listdir(tmp_path / 'new') == ['emb'] and len(np.load(tmp_path / 'new' / 'emb')
+                                                           ['names']) == 1
+
+
+def test_cli_misread_arrays_and_text_csvs_fail_once_per_file(tmp_path, encoder_dir, capsys):
+    paths = write_inputs(tmp_path / 'in', fs_list=(100,))
+    sig = band_limited(10, 500)
+    np.save(tmp_path / 'in' / 'cube.npy', sig[:, :, None])  # (5000, 12, 1)
+    with open(tmp_path / 'in' / 'words.csv', 'w') as f:
+        f.write(','.join(LEADS) + '\n')
+        for k in range(50):
+            f.write(','.join(f'beat{k}' for _ in LEADS) + '\n')
+    with open(tmp_path / 'in' / 'commas.csv', 'w') as f:  # decimal commas, ';'-separated
+        f.write(';'.join(LEADS) + '\n')
+        for row in sig[:100]:
+            f.write(';'.join(f'{v:.4f}'.replace('.', ',') for v in row) + '\n')
+    out = tmp_path / 'emb.npz'
+    code, _, stderr = run_cli(['embed', tmp_path / 'in', '--checkpoint', encoder_dir,
+                               '--out', out, '--fs', 500, '--leads', ','.join(LEADS),
+                               '--quiet'], capsys)
+    assert code == 1
+    assert 'cube.npy' in stderr and '(5000, 12, 1)' in stderr
+    assert 'words.csv' in stderr and 'not numbers' in stderr and "'beat0'" in stderr
+    assert 'commas.csv' in stderr and 'decimal commas' in stderr
+    z = np.load(out)
+    assert len(z['failed']) == 3  # one error per file, not one per misread record
+    assert sorted(z['names']) == sorted(paths)
+    # A few unreadable cells are missing samples, interpolated as NaNs are.
+    with open(tmp_path / 'few.csv', 'w') as f:
+        f.write(','.join(LEADS) + '\n')
+        for k, row in enumerate(sig):
+            f.write(','.join('oops' if k == 7 and i == 2 else f'{v:.5f}'
+                             for i, v in enumerate(row)) + '\n')
+    from jepa_ecg.ecg import files as files_lib
+    rec = files_lib.read_record(str(tmp_path / 'few.csv'), fs=500)
+    assert np.isnan(rec.signal[7, 2]) and np.isfinite(rec.signal[8]).all()

@@ -9,10 +9,12 @@ import pytest
 
 import jepa_ecg
 from jepa_ecg import cli
-from jepa_ecg import encoder as encoder_lib
-from jepa_ecg import jepa
-from jepa_ecg.leads import LEADS
-from jepa_ecg.training import checkpoint, loop, optim
+from jepa_ecg.inference import encoder as encoder_lib
+from jepa_ecg.inference import runs
+from jepa_ecg.training import jepa_step as jepa
+from jepa_ecg.ecg.leads import LEADS
+from jepa_ecg.training import checkpoint, optim
+from jepa_ecg.models.config import model_config_from
 
 STATS = {'mean': [0.1] * 12, 'std': [0.2] * 12}
 
@@ -24,7 +26,7 @@ def pretrain_workdir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp('pre'))
     config = get_config('vit_tiny,synthetic,100hz,smoke')
     config.data.data_dir = os.path.join(workdir, 'no-tfds-here')
-    cfg = loop.model_config_from(config)
+    cfg = model_config_from(config)
     tx = optim.make_optimizer(config, optim.make_schedules(config))
     state = jepa.init_train_state(jax.random.PRNGKey(0), cfg, tx)
     # Make the EMA target differ from the context encoder: export must pick the target.
@@ -83,16 +85,16 @@ def test_export_finds_source_statistics_or_says_what_to_do(pretrain_workdir, tmp
     assert cli.main(['export', workdir, '--out', str(tmp_path / 'b'), '--data-dir',
                      data_dir]) == 0
     enc = jepa_ecg.load_encoder(str(tmp_path / 'b'))
-    np.testing.assert_allclose(enc.lead_stats['std'], STATS['std'], rtol=1e-6)
-    assert 'synthetic' in enc.lead_stats['source']
+    np.testing.assert_allclose(enc.lead_stats.std, STATS['std'], rtol=1e-6)
+    assert 'synthetic' in enc.lead_stats.source
 
 
 def test_mixture_statistics_pool_the_sources():
     a = {'mean': [0.0] * 12, 'std': [1.0] * 12}
     b = {'mean': [2.0] * 12, 'std': [1.0] * 12}
-    mixed = encoder_lib.mix_lead_stats({'a': a, 'b': b}, {'a': 0.5, 'b': 0.5})
-    np.testing.assert_allclose(mixed['mean'], 1.0)
-    np.testing.assert_allclose(mixed['std'], np.sqrt(2.0))  # within 1 + between 1
+    mixed = runs.mix_lead_stats({'a': a, 'b': b}, {'a': 0.5, 'b': 0.5})
+    np.testing.assert_allclose(mixed.mean, 1.0)
+    np.testing.assert_allclose(mixed.std, np.sqrt(2.0))  # within 1 + between 1
 
 
 def test_workdir_loads_directly_and_finetune_resolves_the_export(pretrain_workdir, tmp_path):
@@ -100,11 +102,11 @@ def test_workdir_loads_directly_and_finetune_resolves_the_export(pretrain_workdi
     direct = jepa_ecg.load_encoder(workdir)
     np.testing.assert_array_equal(direct.params['registers'],
                                   np.asarray(state.target_params['registers']))
-    encoder_lib.export_encoder(workdir, str(tmp_path / 'e'), lead_stats=STATS)
+    runs.export_encoder(workdir, str(tmp_path / 'e'), lead_stats=STATS)
     from experiments.configs.finetune import get_config
-    from jepa_ecg.evaluation import protocols
-    source = protocols.resolve_encoder(str(tmp_path / 'e'), get_config('linear,smoke'),
-                                       task='all')
+    from jepa_ecg.inference import resolve
+    source = resolve.resolve_encoder(str(tmp_path / 'e'), get_config('linear,smoke'),
+                                     task='all')
     assert source.config == cfg
     np.testing.assert_array_equal(source.encoder_params['norm']['scale'],
                                   direct.params['norm']['scale'])
@@ -120,4 +122,4 @@ def test_load_encoder_rejects_mismatched_params(tmp_path):
     with pytest.raises(ValueError, match='norm'):
         encoder_lib.save_encoder(str(tmp_path / 'x'), cfg, bad)
     with pytest.raises(FileNotFoundError, match='export'):
-        encoder_lib.load_encoder(str(tmp_path / 'nothing'))
+        runs.load_encoder(str(tmp_path / 'nothing'))

@@ -10,8 +10,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jepa_ecg import cli
-from jepa_ecg import encoder as encoder_lib
-from jepa_ecg.leads import LEADS
+from jepa_ecg.inference import classifier as classifier_lib
+from jepa_ecg.inference import encoder as encoder_lib
+from jepa_ecg.inference import runs
+from jepa_ecg.ecg.leads import LEADS
 from jepa_ecg.models import model_config
 from jepa_ecg.models.classifier import build_classifier, init_classifier
 
@@ -63,7 +65,7 @@ def read_csv(path):
 def test_predict_classifier_dir(tmp_path, head, capsys):
     cfg, model, params = make_params(head)
     clf_dir = tmp_path / 'clf'
-    encoder_lib.save_classifier(str(clf_dir), cfg, params, head=head, class_names=CLASSES,
+    classifier_lib.save_classifier(str(clf_dir), cfg, params, head=head, class_names=CLASSES,
                                 lead_stats=STATS, task='superdiagnostic')
     sigs = signals(3)
     write_npz(tmp_path / 'in', sigs)
@@ -81,7 +83,7 @@ def test_predict_classifier_dir(tmp_path, head, capsys):
     np.testing.assert_allclose(got, want, atol=2e-5)
     assert got.std(0).max() > 1e-5  # records get different predictions
     # The API gives the same numbers.
-    clf = encoder_lib.load_classifier(str(clf_dir))
+    clf = runs.load_classifier(str(clf_dir))
     np.testing.assert_allclose(clf.predict(sigs, FS, list(LEADS)), want, atol=2e-5)
 
 

@@ -1,13 +1,15 @@
 """PTB-XL fine-tuning input: task labels, folds, normalisation, crops, windows, averaging."""
 
 import ast
+import itertools
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from jepa_ecg.evaluation import data
-from jepa_ecg.evaluation import protocols
+from jepa_ecg.data import ptbxl as data
+from jepa_ecg.ecg import transforms
+from tfds_builders import build
 
 # ---------------------------------------------------------------- labels on the full CSV
 
@@ -80,14 +82,14 @@ def test_st_mem_targets_are_one_hot(full_csv_labels):
 
 @pytest.mark.parametrize('fs,patch,crop,stride', [(100, 5, 250, 125), (500, 25, 1250, 625)])
 def test_crop_and_window_arithmetic(fs, patch, crop, stride):
-    assert data.window_samples(fs, 2.5) == crop
-    assert data.window_samples(fs, 1.25) == stride
+    assert transforms.samples(fs, 2.5) == crop
+    assert transforms.samples(fs, 1.25) == stride
     data.check_patch_multiple(crop, patch, 'crop')
     assert crop // patch == 50  # 50 tokens of 50 ms
     t = 10 * fs
-    assert data.transforms.num_windows(t, crop, stride) == 7
+    assert transforms.num_windows(t, crop, stride) == 7
     x = np.arange(2 * t * 12, dtype=np.float32).reshape(2, t, 12)
-    w = data.eval_windows(x, crop, stride)
+    w = np.stack([data.eval_windows(r, crop, stride) for r in x])
     assert w.shape == (2, 7, crop, 12)
     for r in range(2):
         for k in range(7):
@@ -97,33 +99,44 @@ def test_crop_and_window_arithmetic(fs, patch, crop, stride):
         data.check_patch_multiple(crop + 1, patch, 'crop')
 
 
-def _split(n=20, t=1000, c=3, seed=0):
+def _task(n=20, t=1000, c=3, seed=0, task='superdiagnostic'):
+    """A task over in-memory records: 16 train (folds 1-2), 2 val, 2 test by default."""
     rng = np.random.default_rng(seed)
-    return data.Split(rng.standard_normal((n, t, 12)).astype(np.float32),
-                      (rng.random((n, c)) < 0.5).astype(np.float32), np.arange(100, 100 + n))
+    signals = rng.standard_normal((n, t, 12)).astype(np.float32)
+    labels = rng.random((n, c)) < 0.5
+    labels[:, 0] |= ~labels.any(axis=1)  # every record has a label
+    folds = np.resize([1, 2], n)
+    folds[-4:] = [9, 9, 10, 10]
+    return data.make_task(data.ArrayRecords(signals, fs=100.0), labels, folds,
+                          np.arange(100, 100 + n), task=task,
+                          classes=[f'C{i}' for i in range(c)], fs=100.0, num_samples=t)
+
+
+def _signals(task, split):
+    return np.stack(list(task.records(split)))
 
 
 def test_train_batches_are_random_crops_and_epochs_cover_every_record():
-    split = _split(n=20)
+    task = _task(n=20 + 4)  # 20 train records
+    split = task.splits['train']
+    signals = _signals(task, 'train')
+    batches = list(itertools.islice(task.train_batches(batch_size=8, crop=250, seed=3), 6))
     seen = []
-    for step in range(4):  # 20 // 8 = 2 batches per epoch: steps 0-1 epoch 0, 2-3 epoch 1
-        b = data.train_batch(split, batch_size=8, crop=250, seed=3, step=step)
+    for step, b in enumerate(batches):  # 20 // 8 = 2 batches per epoch (drop last)
         assert b['signal'].shape == (8, 250, 12) and b['target'].shape == (8, 3)
         for x, y in zip(b['signal'], b['target']):
             # Each crop is a contiguous slice of the record whose target it carries.
             rows = [i for i in range(20) if np.array_equal(split.targets[i], y)
-                    and any(np.array_equal(split.signals[i, s:s + 250], x)
+                    and any(np.array_equal(signals[i, s:s + 250], x)
                             for s in range(0, 751))]
             assert rows
             seen.append((step // 2, rows[0]))
-    for epoch in (0, 1):
+    for epoch in (0, 1, 2):
         rows = [r for e, r in seen if e == epoch]
         assert len(set(rows)) == 16  # no record twice within an epoch (drop last)
-    again = data.train_batch(split, batch_size=8, crop=250, seed=3, step=2)
-    np.testing.assert_array_equal(again['signal'],
-                                  data.train_batch(split, batch_size=8, crop=250, seed=3,
-                                                   step=2)['signal'])
-    other = data.train_batch(split, batch_size=8, crop=250, seed=4, step=2)
+    again = next(task.train_batches(batch_size=8, crop=250, seed=3, start_step=2))
+    np.testing.assert_array_equal(again['signal'], batches[2]['signal'])
+    other = next(task.train_batches(batch_size=8, crop=250, seed=4, start_step=2))
     assert not np.array_equal(again['signal'], other['signal'])
 
 
@@ -134,29 +147,20 @@ def test_average_window_logits():
     assert avg.shape == (3, 2)
 
 
-def test_evaluator_averages_logits_per_record_over_devices():
-    # A stand-in "model": the logit of a window is its mean over time and leads,
-    # so a record's averaged logit is the mean of its windows' means.
-    split = _split(n=11, t=1000, c=1)
-    mesh = protocols.parallel.make_mesh()
-    assert mesh.devices.size == 4
-
-    def eval_step(params, windows):
-        return windows.mean(axis=(1, 2))[:, None] * params
-
-    ev = protocols.Evaluator(eval_step, mesh, crop=250, stride=125, records_per_batch=3,
-                             windows_per_record=7)
-    assert ev.records_per_batch % 4 == 0  # 7 windows per record: records must split 4 ways
-    got = ev.logits(np.float32(1.0), split)
-    w = data.eval_windows(split.signals, 250, 125)
-    np.testing.assert_allclose(got[:, 0], w.mean(axis=(2, 3)).mean(axis=1), rtol=1e-5,
-                               atol=1e-6)
-    assert got.shape == (11, 1)
+def test_eval_batches_pad_to_one_shape():
+    task = _task(n=11 + 4, c=1)
+    batches = list(task.eval_batches('train', records_per_batch=3, crop=250, stride=125))
+    assert [real for _, real in batches] == [3, 3, 3, 2]
+    assert {w.shape for w, _ in batches} == {(3 * 7, 250, 12)}
+    signals = _signals(task, 'train')
+    got = np.concatenate([w.reshape(3, 7, 250, 12)[:real] for w, real in batches])
+    want = np.stack([data.eval_windows(r, 250, 125) for r in signals])
+    np.testing.assert_array_equal(got, want)
 
 
 # ---------------------------------------------------------------- assembling a task
 
-def test_assemble_normalises_with_train_statistics_and_splits_by_fold():
+def test_make_task_normalises_with_train_statistics_and_splits_by_fold():
     rng = np.random.default_rng(0)
     n, t = 60, 100
     folds = np.repeat([1, 2, 9, 10], 15)
@@ -166,49 +170,57 @@ def test_assemble_normalises_with_train_statistics_and_splits_by_fold():
     labels[np.arange(n), rng.integers(0, 3, n)] = True  # class 3: nobody
     labels[::5, 0] = True  # some multi-label records
     labels[7] = False  # no label: dropped
-    d = data.assemble(signals, labels, folds, np.arange(n), task='superdiagnostic',
-                      classes=['A', 'B', 'C', 'D'], fs=10.0)
+    records = data.ArrayRecords(signals, fs=10.0)
+    d = data.make_task(records, labels, folds, np.arange(n), task='superdiagnostic',
+                       classes=['A', 'B', 'C', 'D'], fs=10.0, num_samples=t)
     assert d.classes == ['A', 'B', 'C'] and d.dropped_classes == ['D']
-    assert len(d.train) == 29 and len(d.val) == 15 and len(d.test) == 15
+    assert len(d.splits['train']) == 29 and len(d.splits['val']) == 15
+    assert len(d.splits['test']) == 15
     assert d.folds == {'train': [1, 2], 'val': [9], 'test': [10]}
-    np.testing.assert_allclose(d.train.signals.mean(axis=(0, 1)), 0, atol=1e-4)
-    np.testing.assert_allclose(d.train.signals.std(axis=(0, 1)), 1, atol=1e-3)
-    assert d.test.signals.max() == 5.0 and d.test.signals.min() >= -5.0  # clipped
-    single = data.assemble(signals, labels, folds, np.arange(n), task='st_mem',
-                           classes=['A', 'B', 'C', 'D'], fs=10.0)
-    assert (single.train.targets.sum(axis=1) == 1).all()
-    assert (len(single.train) + len(single.val) + len(single.test)
+    train, test = _signals(d, 'train'), _signals(d, 'test')
+    np.testing.assert_allclose(train.mean(axis=(0, 1)), 0, atol=1e-4)
+    np.testing.assert_allclose(train.std(axis=(0, 1)), 1, atol=1e-3)
+    assert test.max() == 5.0 and test.min() >= -5.0  # clipped
+    single = data.make_task(records, labels, folds, np.arange(n), task='st_mem',
+                            classes=['A', 'B', 'C', 'D'], fs=10.0, num_samples=t)
+    assert (single.splits['train'].targets.sum(axis=1) == 1).all()
+    assert (sum(len(s) for s in single.splits.values())
             == int((labels.sum(axis=1) == 1).sum()))
     counts = d.counts()
     assert counts['train']['records'] == 29
-    assert sum(counts['test']['positives'].values()) == int(d.test.targets.sum())
+    assert sum(counts['test']['positives'].values()) == int(d.splits['test'].targets.sum())
 
 
-def test_assemble_float16_storage():
+def test_train_batches_are_float32():
     rng = np.random.default_rng(1)
-    signals = rng.standard_normal((8, 50, 12)).astype(np.float32)
+    signals = rng.standard_normal((8, 50, 12)).astype(np.float16)  # any stored dtype
     labels = np.eye(2, dtype=bool)[rng.integers(0, 2, 8)]
-    d = data.assemble(signals, labels, np.array([1, 1, 1, 1, 9, 9, 10, 10]), np.arange(8),
-                      task='superdiagnostic', classes=['A', 'B'], fs=5.0,
-                      storage_dtype='float16')
-    assert d.train.signals.dtype == np.float16
-    b = data.train_batch(d.train, batch_size=2, crop=10, seed=0, step=0)
+    d = data.make_task(data.ArrayRecords(signals, fs=5.0), labels,
+                       np.array([1, 1, 1, 1, 9, 9, 10, 10]), np.arange(8),
+                       task='superdiagnostic', classes=['A', 'B'], fs=5.0, num_samples=50)
+    b = next(d.train_batches(batch_size=2, crop=10, seed=0))
     assert b['signal'].dtype == np.float32
 
 
 # ---------------------------------------------------------------- the real TFDS dataset
 
-def test_load_ptbxl_from_tfds(ptbxl_tfds_dir):
-    d = data.load_ptbxl('superdiagnostic', fs=100, data_dir=str(ptbxl_tfds_dir),
-                        max_records_per_fold=40)
+def test_load_task_from_tfds(ptbxl_tfds_dir):
+    d = data.load_task('superdiagnostic', fs=100, data_dir=str(ptbxl_tfds_dir),
+                       max_records_per_fold=40)
     assert d.source == 'ptb_xl/records100'
     assert d.folds['train'] == [1, 2] and d.folds['val'] == [9] and d.folds['test'] == [10]
     assert d.classes == ['CD', 'HYP', 'MI', 'NORM', 'STTC']
-    assert d.train.signals.shape[1:] == (1000, 12)
-    assert np.abs(d.train.signals).max() <= 5.0
-    assert (d.train.targets.sum(axis=1) >= 1).all()
+    train = _signals(d, 'train')
+    assert train.shape[1:] == (1000, 12)
+    assert np.abs(train).max() <= 5.0
+    assert (d.splits['train'].targets.sum(axis=1) >= 1).all()
     # 500 Hz encoder on the 100 Hz dataset: FFT-resampled to 5000 samples.
-    d500 = data.load_ptbxl('st_mem', fs=500, data_dir=str(ptbxl_tfds_dir),
-                           max_records_per_fold=10)
-    assert d500.train.signals.shape[1:] == (5000, 12)
-    assert (d500.val.targets.sum(axis=1) == 1).all()
+    d500 = data.load_task('st_mem', fs=500, data_dir=str(ptbxl_tfds_dir),
+                          max_records_per_fold=10)
+    assert next(d500.records('train')).shape == (5000, 12)
+    assert (d500.splits['val'].targets.sum(axis=1) == 1).all()
+
+
+def test_unbuilt_ptbxl_names_the_build_command(tmp_path):
+    with pytest.raises(build.DatasetNotBuiltError, match='python -m tfds_builders ptb_xl'):
+        data.load_task('superdiagnostic', fs=100, data_dir=str(tmp_path))

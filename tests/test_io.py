@@ -1,4 +1,4 @@
-"""Reading user ECG files (jepa_ecg.io) from format-exact miniature files."""
+"""Reading user ECG files (jepa_ecg.ecg.files) from format-exact miniature files."""
 
 import os
 
@@ -7,8 +7,8 @@ import pytest
 import scipy.io
 import wfdb
 
-from jepa_ecg import io
-from jepa_ecg.leads import LEADS
+from jepa_ecg.ecg import files as io
+from jepa_ecg.ecg.leads import LEADS
 
 OFFICIAL = ['I', 'II', 'III', 'AVR', 'AVL', 'AVF', 'V1', 'V2', 'V3', 'V4', 'V5', 'V6']
 
@@ -204,9 +204,10 @@ def test_corrupt_and_truncated_files_name_the_file(tmp_path):
 
 
 def test_shared_wfdb_parser_quirks_and_both_translations(tmp_path):
-    """One parser (jepa_ecg.wfdb_io) serves the CLI reader and the TFDS builders."""
-    from jepa_ecg import wfdb_io  # pylint: disable=g-import-not-at-top
-    from tfds_builders import common  # pylint: disable=g-import-not-at-top
+    """One parser (jepa_ecg.ecg.wfdb_io) serves the CLI reader and the TFDS builders."""
+    from jepa_ecg.ecg import wfdb_io  # pylint: disable=g-import-not-at-top
+    from tfds_builders import reading  # pylint: disable=g-import-not-at-top
+    from tfds_builders import skips  # pylint: disable=g-import-not-at-top
 
     text = ('# leading comment\n'
             'A0001.mat\t3  500/1000 4\n'
@@ -222,15 +223,15 @@ def test_shared_wfdb_parser_quirks_and_both_translations(tmp_path):
     assert h.gains == (1000.0, 200.0, 200.0) and h.baselines == (5.0, 7.0, 0.0)
     assert h.units == ('uV', 'mV', 'mV') and h.lead_names == ('i', 'Lead aVR', '')
     assert h.comments == ('# leading comment', '#Age: 54')
-    assert common.parse_wfdb_header(text) == h
+    assert reading.parse_wfdb_header(text) == h
     assert wfdb_io.parse_header('r 1 500(0)\nr.dat 16 200/mV\n').fs == 500.0
 
     bad = 'seg/1 2 500 100\nx.dat 16\nx.dat 16\n'
     with pytest.raises(wfdb_io.WfdbHeaderError, match='multi-segment'):
         wfdb_io.parse_header(bad)
-    with pytest.raises(common.SkipRecord) as skip:
-        common.parse_wfdb_header(bad)
-    assert skip.value.reason == common.BAD_HEADER and 'multi-segment' in skip.value.detail
+    with pytest.raises(skips.SkipRecord) as skip:
+        reading.parse_wfdb_header(bad)
+    assert skip.value.reason == skips.BAD_HEADER and 'multi-segment' in skip.value.detail
     (tmp_path / 'seg.hea').write_text(bad)
     with pytest.raises(io.RecordReadError, match='multi-segment') as err:
         io.read_record(str(tmp_path / 'seg.hea'))

@@ -1,14 +1,20 @@
-"""The pre-training loop: configs, NaN stop, logging outputs."""
+"""The pre-training loop: configs, config checks, NaN stop, logging outputs, resume log."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from conftest import REPO
+from experiments.configs import common
 from experiments.configs.pretrain import get_config
 from jepa_ecg.data.masking import sample_batch_masks
-from jepa_ecg.training import loop
+from jepa_ecg.models.config import model_config_from
+from jepa_ecg.training import config_checks, metrics_writer
+from jepa_ecg.training import jepa_loop as loop
 
 
 @pytest.mark.parametrize('arg,variant,mix,fs,batch,accum', [
@@ -22,15 +28,82 @@ def test_configs(arg, variant, mix, fs, batch, accum):
     c = get_config(arg)
     assert (c.model.variant, c.data.mixture, c.model.fs) == (variant, mix, fs)
     assert (c.global_batch_size, c.grad_accum_steps) == (batch, accum)
-    cfg = loop.model_config_from(c)
+    cfg = model_config_from(c)
     assert cfg.num_patches == 200
     from jepa_ecg.data.sources import MIXTURES
     assert c.data.mixture in MIXTURES
+    config_checks.check_pretrain_config(c)
 
 
 def test_unknown_config_token():
     with pytest.raises(ValueError, match='vit_xxl'):
         get_config('vit_xxl,ptbxl')
+
+
+def test_config_argument_parser():
+    spec = dict(variant=common.Choice({'vit_xs': 'XS', 'vit_s': 'S'}, 'vit_xs'),
+                fs=500.0, smoke=False, steps=(10, int))
+    a = common.parse_arg('vit_s,smoke,fs=250,steps=7', **spec)
+    assert (a.variant, a.fs, a.smoke, a.steps) == ('S', 250.0, True, 7)
+    a = common.parse_arg('', **spec)
+    assert (a.variant, a.fs, a.smoke, a.steps) == ('XS', 500.0, False, 10)
+    assert common.parse_arg('variant=vit_s,smoke=false', **spec).variant == 'S'
+    assert common.parse_arg('100hz', aliases={'100hz': 'fs=100'}, **spec).fs == 100.0
+    with pytest.raises(ValueError, match='twice'):
+        common.parse_arg('vit_s,vit_xs', **spec)
+    with pytest.raises(ValueError, match='fs'):
+        common.parse_arg('fs=fast', **spec)
+    with pytest.raises(ValueError, match='choose from'):
+        common.parse_arg('variant=vit_q', **spec)
+    with pytest.raises(ValueError, match='required'):
+        common.parse_arg('smoke', mode=common.Choice({'a': 1}), **spec)
+    # Variants and mixtures come from their registries.
+    from jepa_ecg.data.sources import MIXTURES
+    from jepa_ecg.models.config import VARIANTS
+    from experiments.configs import pretrain
+    assert set(pretrain.VARIANT_TOKENS.values()) == set(VARIANTS)
+    for mix in MIXTURES:
+        assert get_config(mix).data.mixture.startswith(mix)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('global_batch_size', 0, 'global_batch_size=0: must be an integer >= 1'),
+    ('global_batch_size', -8, 'global_batch_size=-8'),
+    ('global_batch_size', 6, 'multiple of the 4 devices'),
+    ('total_steps', 0, 'total_steps=0'),
+    ('grad_accum_steps', 3, 'grad_accum_steps=3'),
+])
+def test_config_checks_name_the_field(field, value, message):
+    c = get_config('vit_tiny,synthetic,100hz,smoke')
+    c[field] = value
+    with pytest.raises(config_checks.ConfigError, match=message):
+        config_checks.check_pretrain_config(c)
+
+
+def test_config_checks_list_the_choices(tmp_path):
+    c = get_config('vit_tiny,synthetic,100hz,smoke')
+    c.model.variant = 'XXL'
+    with pytest.raises(config_checks.ConfigError, match=r"model.variant='XXL': choose from .*tiny"):
+        config_checks.check_pretrain_config(c)
+    # The loop checks before it creates anything.
+    c = get_config('vit_tiny,synthetic,100hz,smoke')
+    c.total_steps = -1
+    with pytest.raises(config_checks.ConfigError):
+        loop.train_and_evaluate(c, str(tmp_path / 'run'))
+    assert not (tmp_path / 'run').exists()
+
+
+def test_bad_config_is_a_usage_error_before_any_work(tmp_path):
+    workdir = tmp_path / 'run'
+    proc = subprocess.run(
+        [sys.executable, '-m', 'experiments.pretrain',
+         '--config=experiments/configs/pretrain.py:vit_tiny,synthetic,100hz,smoke',
+         '--config.global_batch_size=0', f'--workdir={workdir}'],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert 'global_batch_size=0' in proc.stderr
+    assert not workdir.exists()
 
 
 def _batches(cfg, batch_size, poison_at=None):
@@ -58,7 +131,7 @@ def _config(steps):
 
 def test_stops_with_a_clear_message_on_nan(tmp_path):
     c = _config(10)
-    cfg = loop.model_config_from(c)
+    cfg = model_config_from(c)
     with pytest.raises(loop.NonFiniteLossError, match='non-finite metrics at step 4'):
         loop.train_and_evaluate(c, str(tmp_path), input_iterator_fn=_batches(cfg, 4, poison_at=3))
     # Good checkpoints are kept, and none holds the non-finite state.
@@ -68,17 +141,34 @@ def test_stops_with_a_clear_message_on_nan(tmp_path):
 
 def test_logs_metrics_and_event_files(tmp_path):
     c = _config(4)
-    cfg = loop.model_config_from(c)
+    cfg = model_config_from(c)
     summary = loop.train_and_evaluate(c, str(tmp_path), input_iterator_fn=_batches(cfg, 4))
     assert summary['step'] == 4
-    rows = loop.read_metrics(str(tmp_path))
+    rows = metrics_writer.read_metrics(str(tmp_path))
     assert [r['step'] for r in rows] == [1, 2, 3, 4]
     for key in ('loss', 'lr', 'wd', 'momentum', 'grad_norm', 'param_norm', 'records_per_s',
                 'target_std'):
         assert all(np.isfinite(r[key]) for r in rows), key
     assert 'target_rank' in rows[1] and 'target_rank' not in rows[0]
     assert os.listdir(tmp_path / 'tensorboard')
-    text = loop.loss_curve_summary(str(tmp_path))
+    text = metrics_writer.loss_curve_summary(str(tmp_path))
     assert 'loss curve' in text and os.path.exists(tmp_path / 'loss_curve.png')
     with open(tmp_path / 'config.json') as f:
         assert json.load(f)['model']['variant'] == 'tiny'
+
+
+def test_resume_drops_the_rows_logged_after_the_checkpoint(tmp_path):
+    # A killed run logged steps 1..5 but its last checkpoint is step 4: the
+    # resumed run replays step 5, which must then be in the log once.
+    path = tmp_path / 'metrics.jsonl'
+    path.write_text(''.join(json.dumps({'step': s, 'loss': 1.0 / s}) + '\n' for s in range(1, 6)))
+    writer = metrics_writer.MetricsWriter(str(tmp_path), start_step=4)
+    writer.write(5, {'loss': 0.5})
+    writer.write(6, {'loss': 0.25})
+    writer.close()
+    steps = [json.loads(line)['step'] for line in path.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert metrics_writer.read_metrics(str(tmp_path))[4]['loss'] == 0.5
+    # A fresh run (step 0) starts a fresh log.
+    metrics_writer.MetricsWriter(str(tmp_path)).close()
+    assert path.read_text() == ''

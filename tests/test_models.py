@@ -11,7 +11,7 @@ import pytest
 from jepa_ecg.models import (Block, build_encoder, build_predictor, model_config,
                              sincos_pos_embed)
 from jepa_ecg.models.__main__ import param_counts
-from jepa_ecg import jepa
+from jepa_ecg.training import jepa_step as jepa
 
 from conftest import REPO
 

@@ -1,4 +1,4 @@
-"""Tests of the streaming pre-training pipeline on real (tiny) TFDS builds."""
+"""Tests of the Grain pre-training pipeline on real (tiny) TFDS builds."""
 
 import gc
 import tracemalloc
@@ -8,10 +8,14 @@ import pytest
 import scipy.stats
 import tensorflow_datasets as tfds
 
-from jepa_ecg.data import pipeline
+from jepa_ecg.data import datasets
+from jepa_ecg.data import preprocess
+from jepa_ecg.data import pretrain as pipeline
 from jepa_ecg.data import sources as sources_lib
 from jepa_ecg.data import stats
-from jepa_ecg.data import transforms
+from jepa_ecg.ecg import transforms
+from jepa_ecg.ecg.leads import LEADS
+from tfds_builders import build
 from tfds_builders.synthetic_ecg import synthetic_ecg_dataset_builder
 
 Source = sources_lib.Source
@@ -22,6 +26,8 @@ SOURCES = {
     'pipe_incart': Source('pipe_incart', 'synthetic_ecg/tiny_257hz', 257.0, highpass_hz=0.5),
     'pipe_small': Source('pipe_small', 'synthetic_ecg/small', 500.0),
 }
+# Standardising with these changes nothing: what is left is filtering and resampling.
+UNIT_STATS = preprocess.LeadStats(np.zeros(12), np.ones(12))
 COMMON = dict(fs=500.0, window_seconds=10.0, patch_size=25, sources=SOURCES)
 
 
@@ -29,7 +35,7 @@ COMMON = dict(fs=500.0, window_seconds=10.0, patch_size=25, sources=SOURCES)
 def data_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp('tfds'))
     for config in ('tiny', 'tiny_varlen', 'tiny_257hz', 'small'):
-        pipeline.build_dataset(f'synthetic_ecg/{config}', path)
+        build.build_dataset(f'synthetic_ecg/{config}', path)
     for src in SOURCES.values():
         stats.save_lead_stats(stats.compute_lead_stats(src, path, max_records=32), src, path)
     return path
@@ -70,7 +76,7 @@ def test_normalisation_matches_stored_stats(data_dir):
     batch = pipe.batch(5)
     plan = pipe.plan(5)
     lead_stats = stats.load_lead_stats(SOURCES['pipe_a'], data_dir)
-    reader = pipeline.RecordReader(SOURCES['pipe_a'], data_dir)
+    reader = datasets.open_source(SOURCES['pipe_a'], data_dir)
     for i in range(8):
         raw, _ = reader.read(plan['record'][i])  # 10 s records: the window is all of it
         expected = transforms.clip(transforms.normalize(raw, lead_stats['mean'], lead_stats['std']))
@@ -83,9 +89,9 @@ def test_normalisation_matches_stored_stats(data_dir):
 
 def test_deterministic_and_resumable(data_dir):
     mixture = {'pipe_a': 0.5, 'pipe_varlen': 0.5}
-    run = _iterate(data_dir, mixture, 5, num_workers=2)
-    again = _iterate(data_dir, mixture, 5, num_workers=1, prefetch=1)
-    resumed = _iterate(data_dir, mixture, 2, start_step=3, num_workers=3)
+    run = _iterate(data_dir, mixture, 5, num_threads=2)
+    again = _iterate(data_dir, mixture, 5, num_threads=1, prefetch=1)
+    resumed = _iterate(data_dir, mixture, 2, start_step=3, num_threads=3)
     for a, b in zip(run, again):
         _assert_batches_equal(a, b)
     _assert_batches_equal(run[3], resumed[0])
@@ -150,7 +156,7 @@ def test_mixture_matches_weights(data_dir):
 def test_short_records_dropped_and_counted(data_dir):
     pipe = pipeline.PretrainPipeline({'pipe_varlen': 1.0}, data_dir=data_dir,
                                      global_batch_size=16, seed=0, **COMMON)
-    reader = pipeline.RecordReader(SOURCES['pipe_varlen'], data_dir)
+    reader = datasets.open_source(SOURCES['pipe_varlen'], data_dir)
     short = sum(reader.read(i)[0].shape[0] < 5000 for i in range(len(reader)))
     assert 0 < short < len(reader)  # the dataset has both kinds
     for step in range(4):
@@ -166,14 +172,16 @@ def test_long_records_resampled_and_filtered(data_dir):
     """INCART-like 60 s records at 257 Hz: crop with margin, high-pass, resample."""
     (batch,) = _iterate(data_dir, {'pipe_incart': 1.0}, 1)
     assert batch['signal'].shape == (8, 5000, 12) and np.isfinite(batch['signal']).all()
-    reader = pipeline.RecordReader(SOURCES['pipe_incart'], data_dir)
+    reader = datasets.open_source(SOURCES['pipe_incart'], data_dir)
     signal, fs = reader.read(0)
     assert fs == 257.0 and signal.shape == (60 * 257, 12)
     # Away from the record's ends the cropped processing equals processing
     # the whole record, then cropping.
     full = transforms.resample(transforms.highpass(signal, 257.0, 0.5), 257.0, 500.0)
     for position in (0.3, 0.6):
-        window = pipeline.extract_window(signal, 257.0, 500.0, 5000, position, 0.5)
+        window = preprocess.preprocess(
+            signal, 257.0, LEADS, target_fs=500.0, stats=UNIT_STATS, highpass_hz=0.5,
+            window=preprocess.Window(5000, position), clip=np.inf)
         start = int(position * (full.shape[0] - 5000 + 1))
         reference = full[start:start + 5000]
         error = np.abs(window - reference).max(0) / reference.std(0)
@@ -209,10 +217,10 @@ class _BytesEncodedBuilder(synthetic_ecg_dataset_builder.Builder):
 
 def test_reader_decodes_bytes_encoding(tmp_path):
     builder = _BytesEncodedBuilder(config='tiny', data_dir=str(tmp_path))
-    with pipeline.uncompressed_array_record_writes():
+    with build.uncompressed_array_record_writes():
         builder.download_and_prepare(file_format='array_record')
     source = Source('pipe_bytes', 'synthetic_ecg_bytes_test/tiny', 500.0)
-    reader = pipeline.RecordReader(source, str(tmp_path))
+    reader = datasets.open_source(source, str(tmp_path))
     ref = builder.as_data_source('train')
     for i in (0, 5, 31):
         signal, fs = reader.read(i)
@@ -227,4 +235,15 @@ def test_missing_stats_and_wrong_format(data_dir, tmp_path):
                                         global_batch_size=8, **{**COMMON, 'sources': {
                                             'pipe_no_stats': no_stats}})
     with pytest.raises(FileNotFoundError, match='not built'):
-        pipeline.RecordReader(SOURCES['pipe_a'], str(tmp_path))
+        datasets.open_source(SOURCES['pipe_a'], str(tmp_path))
+
+
+def test_worker_processes_give_the_same_batches(data_dir):
+    """Grain worker processes compute exactly what in-process threads do."""
+    mixture = {'pipe_a': 0.5, 'pipe_varlen': 0.5}
+    threads = _iterate(data_dir, mixture, 3)
+    workers = _iterate(data_dir, mixture, 3, worker_count=2)
+    resumed = _iterate(data_dir, mixture, 1, start_step=2, worker_count=2)
+    for a, b in zip(threads, workers):
+        _assert_batches_equal(a, b)
+    _assert_batches_equal(threads[2], resumed[0])

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,13 +14,19 @@ import pytest
 
 from conftest import REPO
 from jepa_ecg.training import checkpoint
+from tfds_builders import build
+
+# The file name of a Python absl INFO line (TensorFlow's C++ logging, which
+# prints before absl starts, writes 'I0000 00:00:<epoch>' and is not matched).
+ABSL_INFO = re.compile(r'^I\d{4} \d\d:\d\d:\d\d\.\d{6}\s+\d+ ([\w.]+):\d+\]', re.M)
 
 
 @pytest.fixture(scope='module')
 def synthetic_data_dir(tmp_path_factory):
-    from jepa_ecg.data import pipeline, stats
+    from jepa_ecg.data import stats
+    from jepa_ecg.data import pretrain as pipeline
     data_dir = str(tmp_path_factory.mktemp('tfds'))
-    pipeline.build_dataset('synthetic_ecg', data_dir)
+    build.build_dataset('synthetic_ecg', data_dir)
     stats.save_lead_stats(stats.compute_lead_stats('synthetic', data_dir, max_records=64),
                           'synthetic', data_dir)
     return data_dir
@@ -31,7 +38,7 @@ def _cmd(workdir, data_dir, total_steps):
             f'--config.data.data_dir={data_dir}', f'--config.total_steps={total_steps}',
             '--config.checkpoint_every=2', '--config.keep_checkpoints=2',
             '--config.log_every=1', '--config.rank_every=0', '--config.warmup_steps=2',
-            '--config.data.num_workers=1', f'--workdir={workdir}']
+            '--config.data.num_threads=1', f'--workdir={workdir}']
 
 
 def _env():
@@ -89,6 +96,16 @@ def test_kill_and_resume_is_exact(tmp_path, synthetic_data_dir):
                          check=True, timeout=900, capture_output=True, text=True)
     assert f'resuming at step {max(complete)}' in out.stderr
     assert not os.path.exists(partial)
+    # The log holds every step once: the rows the killed run wrote after its
+    # last checkpoint were dropped when it resumed.
+    assert _logged_steps(resumed) == list(range(1, total + 1))
+    # The console shows progress and no library INFO chatter (Orbax logs a
+    # dozen lines per checkpoint).
+    assert re.search(r'step \d+/\d+ loss', out.stderr)
+    ours = {name for root in ('jepa_ecg', 'experiments')
+            for _, _, files in os.walk(REPO / root) for name in files if name.endswith('.py')}
+    info_files = set(ABSL_INFO.findall(out.stderr))
+    assert info_files and info_files <= ours, info_files - ours
 
     a, meta_a = checkpoint.restore_params(straight)
     b, meta_b = checkpoint.restore_params(resumed)

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from jepa_ecg.data import pipeline
+from jepa_ecg.data import datasets
 from jepa_ecg.data import sources as sources_lib
 from jepa_ecg.data import stats
-from jepa_ecg.data import transforms
+from jepa_ecg.ecg import transforms
+from tfds_builders import build
 
 TINY = sources_lib.Source('stats_tiny', 'synthetic_ecg/tiny', 500.0)
 VARLEN_HP = sources_lib.Source('stats_varlen_hp', 'synthetic_ecg/tiny_varlen', 500.0,
@@ -18,13 +19,13 @@ VARLEN_HP = sources_lib.Source('stats_varlen_hp', 'synthetic_ecg/tiny_varlen', 5
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp('tfds'))
-    pipeline.build_dataset('synthetic_ecg/tiny', path)
-    pipeline.build_dataset('synthetic_ecg/tiny_varlen', path)
+    build.build_dataset('synthetic_ecg/tiny', path)
+    build.build_dataset('synthetic_ecg/tiny_varlen', path)
     return path
 
 
 def _all_records(source, data_dir):
-    reader = pipeline.RecordReader(source, data_dir)
+    reader = datasets.open_source(source, data_dir)
     return [reader.read(i)[0] for i in range(len(reader))]
 
 
@@ -49,7 +50,7 @@ def test_compute_save_load_round_trip(data_dir):
     assert computed['num_records'] == 32 and computed['num_samples'] == 32 * 5000
     path = stats.save_lead_stats(computed, TINY, data_dir)
     # Stored with the dataset: in the builder's versioned folder.
-    assert path.parent.name == '1.0.0' and path.parent.parent.name == 'tiny'
+    assert path.parent.name == '1.1.0' and path.parent.parent.name == 'tiny'
     loaded = stats.load_lead_stats(TINY, data_dir)
     assert loaded['mean'] == computed['mean'] and loaded['std'] == computed['std']
     # A second source on another dataset does not clobber it.

@@ -3,10 +3,13 @@
 import numpy as np
 import pytest
 import scipy.signal
+import tensorflow_datasets as tfds
+from tensorflow_datasets.proto import tf_example_pb2
 
-from jepa_ecg.data import pipeline
-from jepa_ecg.data import synthetic
-from jepa_ecg.leads import LEADS
+from jepa_ecg.ecg import synthetic
+from jepa_ecg.ecg.leads import LEADS
+from tfds_builders import build
+from tfds_builders import features
 
 
 def test_generate_record_contract_and_determinism():
@@ -66,7 +69,7 @@ def test_variable_duration():
 
 
 def test_builder_tiny(tmp_path):
-    builder = pipeline.build_dataset('synthetic_ecg/tiny', str(tmp_path))
+    builder = build.build_dataset('synthetic_ecg/tiny', str(tmp_path))
     info = builder.info
     assert info.splits['train'].num_examples == 32
     assert info.splits['test'].num_examples == 8
@@ -90,3 +93,31 @@ def test_builder_tiny(tmp_path):
     test_ids = {int(ds_rec['record_id'].decode().rsplit('_', 1)[1])
                 for ds_rec in builder.as_data_source('test')}
     assert test_ids == set(range(32, 40))  # no overlap with train
+
+
+@pytest.mark.parametrize('real', ['ptb_xl/records100', 'ptb_xl/records500',
+                                  'cinc2021/cpsc2018', 'code15', 'mimic_iv_ecg'])
+def test_synthetic_declares_core_features_as_the_real_builders(tmp_path, real):
+    """The offline default exercises the real sources' decoding path."""
+    synth = tfds.builder('synthetic_ecg/tiny', data_dir=str(tmp_path)).info.features
+    other = tfds.builder(real, data_dir=str(tmp_path)).info.features
+    for key in ('signal', 'fs'):
+        assert synth[key].to_json() == other[key].to_json(), key
+        assert synth[key].get_serialized_info() == other[key].get_serialized_info()
+        assert synth[key].doc == other[key].doc
+    assert synth['signal'].to_json()['content']['encoding'] == 'bytes'
+    for key in features.core_features():
+        assert synth[key].to_json() == other[key].to_json(), key
+
+
+def test_synthetic_signal_is_stored_as_raw_bytes(tmp_path):
+    builder = build.build_dataset('synthetic_ecg/tiny', str(tmp_path))
+    raw = builder.as_data_source(
+        'test', deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)[0]
+    feature = tf_example_pb2.Example.FromString(raw).features.feature
+    # One float32 buffer, as ptb_xl & co. write it, not a float_list.
+    (buffer,) = feature['signal'].bytes_list.value
+    signal = np.frombuffer(buffer, np.float32).reshape(-1, 12)
+    index = int(feature['record_id'].bytes_list.value[0].decode().rsplit('_', 1)[1])
+    np.testing.assert_array_equal(signal, synthetic.generate_record(0, index)['signal'])
+    assert list(feature['fs'].float_list.value) == [500.0]

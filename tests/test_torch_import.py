@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import scipy.special
 
-from jepa_ecg import encoder as encoder_lib
-from jepa_ecg.interop import torch_import
+from jepa_ecg.inference import encoder as encoder_lib
+from jepa_ecg.inference import torch_import
 
 OFFICIAL_LEADS = ['I', 'II', 'III', 'AVR', 'AVL', 'AVF', 'V1', 'V2', 'V3', 'V4', 'V5', 'V6']
 
@@ -143,7 +143,7 @@ def test_converted_forward_matches_reference(tmp_path, overrides):
     assert got.shape == want.shape == (3, cfg['channel_size'] // cfg['patch_size'], cfg['dim'])
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
     # The saved encoder file gives the same forward pass.
-    loaded = encoder_lib.load_encoder(str(tmp_path / 'enc'))
+    loaded = encoder_lib.read_encoder(str(tmp_path / 'enc'))
     np.testing.assert_allclose(np.asarray(loaded.tokens(x_bct.transpose(0, 2, 1))), got,
                                atol=1e-6)
     assert loaded.config.fs == 100 and loaded.config.patch_size == 5

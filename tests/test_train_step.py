@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from experiments.configs.pretrain import get_config
-from jepa_ecg import jepa
+from jepa_ecg.training import jepa_step as jepa
 from jepa_ecg.data.masking import sample_batch_masks
-from jepa_ecg.training import loop, optim, parallel
+from jepa_ecg.models.config import model_config_from
+from jepa_ecg.training import optim
+from jepa_ecg import sharding as parallel
 
 
 def _setup(tokens='vit_tiny,smoke,100hz', **overrides):
@@ -16,7 +18,7 @@ def _setup(tokens='vit_tiny,smoke,100hz', **overrides):
     config.unlock()
     for k, v in overrides.items():
         setattr(config, k, v)
-    cfg = loop.model_config_from(config)
+    cfg = model_config_from(config)
     schedules = optim.make_schedules(config)
     tx = optim.make_optimizer(config, schedules)
     return config, cfg, schedules, tx
@@ -31,17 +33,17 @@ def _batch(cfg, batch_size, seed=0):
 def _run(n_devices, steps=2, batch_size=8, **kw):
     config, cfg, schedules, tx = _setup(**kw)
     mesh = parallel.make_mesh(jax.devices()[:n_devices])
-    step = jax.jit(jepa.make_train_step(cfg, tx, schedules, dtype=config.dtype,
-                                        grad_accum_steps=config.grad_accum_steps),
-                   in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
-    state = jax.jit(lambda k: jepa.init_train_state(k, cfg, tx),
-                    out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
+    step = parallel.jit_data_parallel(
+        jepa.make_train_step(cfg, tx, schedules, dtype=config.dtype,
+                             grad_accum_steps=config.grad_accum_steps), mesh)
+    state = parallel.jit_data_parallel(lambda k: jepa.init_train_state(k, cfg, tx), mesh,
+                                       batch_argnums=())(jax.random.PRNGKey(0))
     losses = []
     for i in range(steps):
         batch = parallel.host_to_global(_batch(cfg, batch_size, seed=i), mesh)
         assert batch['signal'].sharding.spec == parallel.batch_sharded(mesh).spec
         state, metrics = step(state, batch)
+        assert state.step.sharding.is_fully_replicated
         losses.append(float(metrics['loss']))
     return jax.device_get(state), losses
 

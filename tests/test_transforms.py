@@ -1,10 +1,10 @@
-"""Tests of jepa_ecg.data.transforms on real-shaped (T, 12) signals."""
+"""Tests of jepa_ecg.ecg.transforms on real-shaped (T, 12) signals."""
 
 import numpy as np
 import pytest
 import scipy.signal
 
-from jepa_ecg.data import transforms
+from jepa_ecg.ecg import transforms
 
 
 def _dominant_hz(x: np.ndarray, fs: float) -> float:

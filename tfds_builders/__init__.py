@@ -1,8 +1,13 @@
 """TFDS builders of the ECG sources; importing this package registers them all.
 
     import tfds_builders  # registers ptb_xl, cinc2021, code15, mimic_iv_ecg,
-                          # synthetic_ecg
+                          # synthetic_ecg and their sources
     builder = tfds.builder('ptb_xl/records100', data_dir=...)
+    tfds_builders.registry.get_source('ptb_xl')
+
+Each builder module registers its TFDS builder and its `Source` entries
+(`registry.register_source`), so adding a source is its builder folder plus
+one import line below.
 """
 
 from tfds_builders.cinc2021 import cinc2021_dataset_builder

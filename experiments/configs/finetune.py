@@ -1,12 +1,15 @@
 """PTB-XL evaluation configs: `--config=experiments/configs/finetune.py:<protocol>[,smoke]`.
 
-Protocols (facts section 7; hyper-parameters of the reference eval configs):
+Protocols (facts section 7; hyper-parameters of the reference eval configs,
+the PROTOCOLS table below):
   linear                 attentive pooler on the frozen encoder (register kept)
   finetune               register-token linear head, encoder trained (dropout 0.05)
   finetune_after_linear  continue a linear run's classifier with the encoder trained
-Extra tokens:
+Extra tokens (see common.parse_arg):
   smoke                  a few steps on a few records: a whole run in seconds
   bf16                   bfloat16 compute
+  100hz (= fs=100)       model rate for `--encoder=random:<variant>` (a loaded
+                         encoder brings its own)
 
 Override anything with `--config.<field>=...`, e.g. the acceptance run
 `--config.total_steps=1500 --config.eval_every=250 --config.model.fs=100`.
@@ -14,27 +17,49 @@ Override anything with `--config.<field>=...`, e.g. the acceptance run
 
 import ml_collections
 
-PROTOCOLS = ('linear', 'finetune', 'finetune_after_linear')
+from experiments.configs import common
+
+DTYPE_TOKENS = {'fp32': 'float32', 'bf16': 'bfloat16'}
+
+# What each protocol sets; every other field is shared. One row per
+# jepa_ecg.training.config_checks.PROTOCOLS entry (a test checks).
+PROTOCOLS = {
+    'linear': dict(
+        head='attentive', frozen=True, dropout=0.0, total_steps=5000,
+        learning_rate=1e-3, final_learning_rate=1e-3, warmup_steps=0, weight_decay=0.1,
+        b1=0.9, b2=0.999, grad_clip=1.0, patience=5000),
+    'finetune': dict(
+        head='register', frozen=False, dropout=0.05, total_steps=10_000,
+        learning_rate=1e-3, final_learning_rate=1e-5, warmup_steps=200, weight_decay=0.01,
+        b1=0.9, b2=0.99, grad_clip=0.0, patience=2000),
+    'finetune_after_linear': dict(
+        head='attentive', frozen=False, dropout=0.1, total_steps=5000,
+        learning_rate=1e-4, final_learning_rate=1e-6, warmup_steps=200, weight_decay=0.0,
+        b1=0.9, b2=0.999, grad_clip=1.0, patience=2000),
+}
+
+
+def parse(arg: str | None) -> ml_collections.ConfigDict:
+    """The typed arguments of `arg` (see the module docstring)."""
+    return common.parse_arg(
+        arg, aliases={'100hz': 'fs=100'},
+        protocol=common.Choice({p: p for p in PROTOCOLS}),
+        fs=500.0,
+        dtype=common.Choice(DTYPE_TOKENS, 'fp32'),
+        smoke=False)
 
 
 def get_config(arg: str = 'linear') -> ml_collections.ConfigDict:
-    tokens = [t.strip().lower() for t in (arg or '').split(',') if t.strip()]
-    unknown = [t for t in tokens if t not in PROTOCOLS and t not in ('smoke', 'bf16')]
-    if unknown:
-        raise ValueError(f'unknown config tokens {unknown}; see experiments/configs/finetune.py')
-    protocols = [t for t in tokens if t in PROTOCOLS]
-    if len(protocols) != 1:
-        raise ValueError(f'name exactly one protocol of {PROTOCOLS}, got {protocols}')
-    protocol = protocols[0]
+    a = parse(arg)
 
     c = ml_collections.ConfigDict()
-    c.protocol = protocol
+    c.protocol = a.protocol
     c.seed = 0
-    c.dtype = 'float32'
+    c.dtype = a.dtype
 
     # Only used for `--encoder=random:<variant>`; a loaded encoder brings its own.
     c.model = ml_collections.ConfigDict()
-    c.model.fs = 500.0
+    c.model.fs = a.fs
     c.model.patch_size = ml_collections.FieldReference(None, field_type=int)
     c.model.window_seconds = 10.0
 
@@ -46,7 +71,8 @@ def get_config(arg: str = 'linear') -> ml_collections.ConfigDict:
     c.data.crop_seconds = 2.5
     c.data.eval_stride_seconds = 1.25
     c.data.clip = 5.0
-    c.data.storage_dtype = 'float32'  # 'float16' halves memory (full PTB-XL at 500 Hz)
+    # The raw PTB-XL folder: ptb_xl is built from it on first use when given.
+    c.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
     # Read only the first records of every fold (smoke runs and tests).
     c.data.max_records_per_fold = ml_collections.FieldReference(None, field_type=int)
 
@@ -62,46 +88,10 @@ def get_config(arg: str = 'linear') -> ml_collections.ConfigDict:
     c.bootstrap.num_resamples = 1000
     c.bootstrap.confidence = 0.95
 
-    if protocol == 'linear':
-        c.head = 'attentive'
-        c.frozen = True
-        c.dropout = 0.0
-        c.total_steps = 5000
-        c.learning_rate = 1e-3
-        c.final_learning_rate = 1e-3
-        c.warmup_steps = 0
-        c.weight_decay = 0.1
-        c.b1, c.b2 = 0.9, 0.999
-        c.grad_clip = 1.0
-        c.patience = 5000
-    elif protocol == 'finetune':
-        c.head = 'register'
-        c.frozen = False
-        c.dropout = 0.05
-        c.total_steps = 10_000
-        c.learning_rate = 1e-3
-        c.final_learning_rate = 1e-5
-        c.warmup_steps = 200
-        c.weight_decay = 0.01
-        c.b1, c.b2 = 0.9, 0.99
-        c.grad_clip = 0.0
-        c.patience = 2000
-    else:  # finetune_after_linear
-        c.head = 'attentive'
-        c.frozen = False
-        c.dropout = 0.1
-        c.total_steps = 5000
-        c.learning_rate = 1e-4
-        c.final_learning_rate = 1e-6
-        c.warmup_steps = 200
-        c.weight_decay = 0.0
-        c.b1, c.b2 = 0.9, 0.999
-        c.grad_clip = 1.0
-        c.patience = 2000
+    for key, value in PROTOCOLS[a.protocol].items():
+        c[key] = value
 
-    if 'bf16' in tokens:
-        c.dtype = 'bfloat16'
-    if 'smoke' in tokens:
+    if a.smoke:
         c.total_steps = 12
         c.warmup_steps = min(c.warmup_steps, 3)
         c.batch_size = 8

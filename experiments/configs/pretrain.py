@@ -1,38 +1,52 @@
 """Pre-training configs: `--config=experiments/configs/pretrain.py:vit_xs,ptbxl[,100hz][,smoke]`.
 
-Tokens (comma-separated, any order):
-  vit_xs | vit_s | vit_b | vit_tiny   model variant (default vit_xs)
-  all | mimic | ptbxl | synthetic     data mix (default synthetic, offline)
-  100hz                               model input at 100 Hz (patch 5)
-  bf16                                bfloat16 compute
+Tokens (comma-separated, any order; see common.parse_arg):
+  vit_xs | vit_s | vit_b | vit_tiny   model variant (jepa_ecg.models VARIANTS; default vit_xs)
+  all | mimic | ptbxl | synthetic ... data mixture (jepa_ecg.data.sources MIXTURES;
+                                      default synthetic, offline)
+  100hz  (= fs=100)                   model input at 100 Hz (patch 5); fs=<float> for others
+  bf16                                bfloat16 compute (fp32: float32, the default)
   smoke                               seconds-long run for laptops and tests
 """
 
 import ml_collections
 
-VARIANT_TOKENS = {'vit_xs': 'XS', 'vit_s': 'S', 'vit_b': 'B', 'vit_tiny': 'tiny'}
-MIX_TOKENS = ('all', 'mimic', 'ptbxl', 'synthetic')
+from experiments.configs import common
+from jepa_ecg.data.sources import MIXTURES
+from jepa_ecg.models.config import VARIANTS
+
+VARIANT_TOKENS = {f'vit_{v.lower()}': v for v in VARIANTS}
+DTYPE_TOKENS = {'fp32': 'float32', 'bf16': 'bfloat16'}
+
+
+def parse(arg: str | None) -> ml_collections.ConfigDict:
+    """The typed arguments of `arg` (see the module docstring)."""
+    return common.parse_arg(
+        arg, aliases={'100hz': 'fs=100'},
+        variant=common.Choice(VARIANT_TOKENS, 'vit_xs'),
+        mixture=common.Choice({m: m for m in MIXTURES}, 'synthetic'),
+        fs=500.0,
+        dtype=common.Choice(DTYPE_TOKENS, 'fp32'),
+        smoke=False)
 
 
 def get_config(arg: str = 'vit_xs,synthetic') -> ml_collections.ConfigDict:
-    tokens = [t.strip().lower() for t in (arg or '').split(',') if t.strip()]
-    unknown = [t for t in tokens if t not in VARIANT_TOKENS and t not in MIX_TOKENS
-               and t not in ('100hz', 'bf16', 'smoke')]
-    if unknown:
-        raise ValueError(f'unknown config tokens {unknown}; see experiments/configs/pretrain.py')
-    variant = next((VARIANT_TOKENS[t] for t in tokens if t in VARIANT_TOKENS), 'XS')
-    mix = next((t for t in tokens if t in MIX_TOKENS), 'synthetic')
+    a = parse(arg)
+    variant, mix = a.variant, a.mixture
+    if f'{mix}_{a.fs:g}hz' in MIXTURES:
+        # The same source stored at the model's rate (ptbxl -> ptbxl_100hz).
+        mix = f'{mix}_{a.fs:g}hz'
 
     c = ml_collections.ConfigDict()
     c.seed = 0
 
     c.model = ml_collections.ConfigDict()
     c.model.variant = variant
-    c.model.fs = 500.0
+    c.model.fs = a.fs
     c.model.window_seconds = 10.0
     c.model.patch_size = ml_collections.FieldReference(None, field_type=int)
     c.model.num_registers = 1
-    c.dtype = 'float32'
+    c.dtype = a.dtype
 
     c.data = ml_collections.ConfigDict()
     c.data.mixture = mix
@@ -40,7 +54,11 @@ def get_config(arg: str = 'vit_xs,synthetic') -> ml_collections.ConfigDict:
     c.data.keep_ratio_range = (0.15, 0.25)
     c.data.min_block_size = 10
     c.data.keep_bucket = 10
-    c.data.num_workers = ml_collections.FieldReference(None, field_type=int)
+    # Threads preparing batches (default: the CPUs available, at most 16).
+    c.data.num_threads = ml_collections.FieldReference(None, field_type=int)
+    # Raw files of the mixture's one real source: built on first use when given.
+    c.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
+    c.data.worker_count = 0  # Grain worker processes (0: threads in this process only)
     c.data.prefetch = 2
 
     c.global_batch_size = 2048
@@ -70,13 +88,7 @@ def get_config(arg: str = 'vit_xs,synthetic') -> ml_collections.ConfigDict:
         c.global_batch_size = 1024
         c.grad_accum_steps = 2
 
-    if '100hz' in tokens:
-        c.model.fs = 100.0
-        if mix == 'ptbxl':
-            c.data.mixture = 'ptbxl_100hz'
-    if 'bf16' in tokens:
-        c.dtype = 'bfloat16'
-    if 'smoke' in tokens:
+    if a.smoke:
         c.global_batch_size = 8
         c.total_steps = 20
         c.warmup_steps = 5

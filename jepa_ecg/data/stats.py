@@ -23,23 +23,22 @@ import time
 from typing import Mapping
 
 import numpy as np
+import tensorflow_datasets as tfds
 
+from jepa_ecg.data import datasets
 from jepa_ecg.data import sources as sources_lib
-from jepa_ecg.data import transforms
-from jepa_ecg.leads import LEADS
+from jepa_ecg.ecg import transforms
+from jepa_ecg.ecg.leads import LEADS
 
 log = logging.getLogger(__name__)
 
 STATS_FILENAME = 'lead_stats.json'
 
-
 class MissingLeadStatsError(FileNotFoundError):
     """The lead statistics of a source have not been computed yet."""
 
-
 def _as_source(source: str | sources_lib.Source) -> sources_lib.Source:
     return source if isinstance(source, sources_lib.Source) else sources_lib.get_source(source)
-
 
 def stats_path(source: str | sources_lib.Source, data_dir: str) -> pathlib.Path:
     """Where the statistics of `source` live: its built dataset's folder.
@@ -51,13 +50,9 @@ def stats_path(source: str | sources_lib.Source, data_dir: str) -> pathlib.Path:
     Returns:
       path of the JSON file (which may not exist yet).
     """
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.data import pipeline  # pylint: disable=g-import-not-at-top
-    pipeline.register_builders()
     src = _as_source(source)
     builder = tfds.builder(src.tfds_name, data_dir=data_dir)
     return pathlib.Path(os.fspath(builder.data_dir)) / STATS_FILENAME
-
 
 class RunningLeadStats:
     """Exact streaming mean/variance per lead (Chan et al.'s pairwise merge).
@@ -89,7 +84,6 @@ class RunningLeadStats:
     def std(self) -> np.ndarray:
         return np.sqrt(self.m2 / max(self.count, 1))
 
-
 def compute_lead_stats(source: str | sources_lib.Source, data_dir: str, *,
                        max_records: int | None = None, log_every: int = 1000) -> dict:
     """Per-lead mean/std of a source's train split, after its high-pass.
@@ -104,9 +98,8 @@ def compute_lead_stats(source: str | sources_lib.Source, data_dir: str, *,
       dict with `mean` and `std` (lists of 12 floats, canonical lead order)
       and how they were computed.
     """
-    from jepa_ecg.data import pipeline  # pylint: disable=g-import-not-at-top
     src = _as_source(source)
-    reader = pipeline.RecordReader(src, data_dir)
+    reader = datasets.open_source(src, data_dir)
     total = len(reader) if max_records is None else min(len(reader), int(max_records))
     running = RunningLeadStats()
     rates = set()
@@ -141,7 +134,6 @@ def compute_lead_stats(source: str | sources_lib.Source, data_dir: str, *,
         'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
 
-
 def save_lead_stats(stats: Mapping, source: str | sources_lib.Source, data_dir: str) -> pathlib.Path:
     """Stores `stats` for `source` next to its dataset (merging other sources').
 
@@ -161,7 +153,6 @@ def save_lead_stats(stats: Mapping, source: str | sources_lib.Source, data_dir: 
     tmp.write_text(json.dumps(existing, indent=2))
     os.replace(tmp, path)  # atomic: a reader never sees half a file
     return path
-
 
 def load_lead_stats(source: str | sources_lib.Source, data_dir: str) -> dict:
     """The stored per-lead statistics of `source`.
@@ -187,13 +178,13 @@ def load_lead_stats(source: str | sources_lib.Source, data_dir: str) -> dict:
             f'--data_dir={data_dir}')
     return stats
 
-
 def ensure_lead_stats(source: str | sources_lib.Source, data_dir: str, *,
                       max_records: int | None = None) -> dict:
     """The stored statistics of `source`, computing and storing them if missing.
 
-    For demos and tests on sources that build offline (synthetic_ecg);
-    real sources should run the CLI once after building.
+    Used where a source is built on first use (the offline synthetic source,
+    or a real one whose raw folder was given); the statistics CLI computes
+    them explicitly after a build.
 
     Args:
       source: source name or `Source`.
@@ -227,7 +218,6 @@ def main(argv: list[str] | None = None) -> int:
     for lead, m, s in zip(LEADS, stats['mean'], stats['std']):
         print(f'{lead:>4}: mean {m:+.4f} std {s:.4f}')
     return 0
-
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -1,4 +1,1 @@
-"""PTB-XL evaluation: fine-tuning input, protocols, metrics with bootstrap CIs, plots.
-
-    from jepa_ecg.evaluation import data, metrics, protocols
-"""
+"""Scoring: metrics with bootstrap CIs, the evaluator given a predict_fn, plots."""

@@ -1,9 +1,10 @@
-"""Pictures of a fine-tuning run: validation AUC over steps, ROC curves, per-class AUC."""
+"""Pictures of runs: a fine-tuning run's validation AUC, ROC curves and per-class AUC;
+a pre-training run's loss curve and collapse signals."""
 
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -108,3 +109,31 @@ def plot_run(run_dir: str, results: Mapping, y_true: np.ndarray, y_prob: np.ndar
                            os.path.join(run_dir, PER_CLASS_PNG), title,
                            ci=tuple(results['test']['macro_auc_ci'])),
     ]
+
+
+def plot_loss_curve(rows: Sequence[Mapping], path: str) -> str:
+    """Pre-training loss, target embedding std and effective rank against the step.
+
+    Args:
+      rows: metrics.jsonl rows (with 'step', 'loss', 'target_std' and, on
+        some steps, 'target_rank').
+      path: the PNG to write.
+
+    Returns:
+      `path`.
+    """
+    plt = _pyplot()
+    steps = [r['step'] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(steps, [r['loss'] for r in rows])
+    axes[0].set(title='L1 loss (masked patches)', xlabel='step')
+    axes[1].plot(steps, [r['target_std'] for r in rows])
+    axes[1].set(title='target embedding std', xlabel='step')
+    ranked = [(r['step'], r['target_rank']) for r in rows if 'target_rank' in r]
+    if ranked:
+        axes[2].plot(*zip(*ranked), marker='.')
+    axes[2].set(title='effective rank of target embeddings', xlabel='step')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jepa_ecg.models.config import ModelConfig
 from jepa_ecg.models.layers import AttentivePooler, trunc_normal
@@ -115,3 +116,21 @@ def init_classifier(model: nn.Module, rng: jax.Array, num_samples: int,
     """Fresh float32 params {'encoder', 'head'} for inputs of `num_samples` samples."""
     x = jnp.zeros((1, num_samples, num_leads), jnp.float32)
     return model.init(rng, x)['params']
+
+
+def probabilities(logits: np.ndarray, single_label: bool) -> np.ndarray:
+    """Class probabilities of (N, C) record logits.
+
+    Args:
+      logits: (N, C) logits (e.g. averaged over a record's windows).
+      single_label: softmax over the classes (one label per record) instead
+        of an independent sigmoid per class (multi-label tasks).
+
+    Returns:
+      (N, C) float64 probabilities.
+    """
+    logits = np.asarray(logits, np.float64)
+    if single_label:
+        z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return z / z.sum(axis=-1, keepdims=True)
+    return 1.0 / (1.0 + np.exp(-logits))

@@ -81,3 +81,30 @@ def model_config(variant: str = 'XS', *, fs: float = 500.0, window_seconds: floa
         patch_size = int(round(fs * PATCH_SECONDS))
     return ModelConfig(variant=variant, fs=float(fs), window_seconds=float(window_seconds),
                        patch_size=int(patch_size), **{**shape, **overrides})
+
+
+def model_config_from(config: Any, variant: str | None = None) -> ModelConfig:
+    """The ModelConfig an experiment config (ml_collections.ConfigDict) asks for.
+
+    Pre-training and fine-tuning (`--encoder=random:<variant>`) configs and
+    the benchmark all describe the model the same way; this reads it.
+
+    Args:
+      config: a config with `model.fs`, `model.window_seconds`, optional
+        `model.variant`, `model.patch_size` (None: 50 ms at fs) and
+        `model.num_registers`, and optional `dtype`.
+      variant: the variant, when the config does not name it.
+
+    Returns:
+      ModelConfig.
+    """
+    m = config.model
+    variant = variant or m.get('variant')
+    if variant is None:
+        raise ValueError(f'model.variant: not set; choose from {sorted(VARIANTS)}')
+    overrides = {}
+    if m.get('num_registers') is not None:
+        overrides['num_registers'] = int(m.num_registers)
+    return model_config(variant, fs=m.fs, window_seconds=m.window_seconds,
+                        patch_size=m.get('patch_size'), dtype=config.get('dtype', 'float32'),
+                        **overrides)

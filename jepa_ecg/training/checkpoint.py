@@ -1,7 +1,11 @@
-"""Orbax checkpointing of the whole training state plus the input position.
+"""Orbax checkpoints and the layout of a run folder.
 
-A checkpoint holds the train state pytree (params, target params, optimiser
-state, step, PRNG key) and a small JSON record (step, data position, config).
+A pre-training workdir holds `checkpoints/<step>/` (the train state pytree:
+params, target params, optimiser state, step, PRNG key; plus a small JSON
+record: step, data position, config), `metrics.jsonl`, `config.json` and
+TensorBoard events. A fine-tuning run folder holds `best/<step>/` (the
+best-validation params only), `results.json` and `predictions.npz`.
+
 Orbax writes each checkpoint into a temporary directory and renames it only
 when complete, so a process killed mid-save leaves nothing that restores;
 the leftovers are removed on the next start.
@@ -19,6 +23,15 @@ from absl import logging
 STATE = 'state'
 META = 'meta'
 
+# The run-folder layout (pre-training workdir and fine-tuning run).
+CHECKPOINTS_DIR = 'checkpoints'   # pre-training states, newest `keep`
+CONFIG_FILE = 'config.json'       # pre-training config + model config
+METRICS_FILE = 'metrics.jsonl'    # one JSON row per logged step
+TENSORBOARD_DIR = 'tensorboard'
+BEST_DIR = 'best'                 # fine-tuning: params of the best validation step
+RESULTS_FILE = 'results.json'     # fine-tuning: results of a run (or a summary of runs)
+PREDICTIONS_FILE = 'predictions.npz'
+
 
 def make_manager(workdir: str, *, save_every: int, keep: int = 3,
                  async_save: bool = True) -> ocp.CheckpointManager:
@@ -30,7 +43,7 @@ def make_manager(workdir: str, *, save_every: int, keep: int = 3,
       keep: number of most recent checkpoints kept.
       async_save: write in a background thread while training goes on.
     """
-    directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(1, save_every), max_to_keep=keep, create=True,
         cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
@@ -84,8 +97,8 @@ def restore_params(workdir: str, *, step: int | None = None) -> tuple[dict, dict
       (state dict with 'params', 'target_params', ..., meta dict).
     """
     directory = workdir
-    if os.path.isdir(os.path.join(workdir, 'checkpoints')):
-        directory = os.path.join(workdir, 'checkpoints')
+    if os.path.isdir(os.path.join(workdir, CHECKPOINTS_DIR)):
+        directory = os.path.join(workdir, CHECKPOINTS_DIR)
     with ocp.CheckpointManager(os.path.abspath(directory),
                                options=ocp.CheckpointManagerOptions(read_only=True),
                                item_names=(STATE, META)) as manager:
@@ -97,3 +110,52 @@ def restore_params(workdir: str, *, step: int | None = None) -> tuple[dict, dict
             META: ocp.args.JsonRestore(),
         }))
     return restored[STATE], dict(restored[META])
+
+
+# ----------------------------------------------------------- best-validation params
+def best_manager(run_dir: str, *, read_only: bool = False) -> ocp.CheckpointManager:
+    """A CheckpointManager over `<run_dir>/best` keeping the highest `val_auc` only.
+
+    Args:
+      run_dir: a fine-tuning run folder.
+      read_only: open an existing checkpoint without creating or cleaning.
+    """
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, best_fn=lambda m: m['val_auc'], best_mode='max',
+        create=not read_only, read_only=read_only, enable_async_checkpointing=False,
+        cleanup_tmp_directories=not read_only)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(run_dir), BEST_DIR),
+                                 options=options)
+
+
+def save_best(manager: ocp.CheckpointManager, step: int, params: Any, val_auc: float) -> None:
+    """Saves `params` as the run's best so far (the manager keeps only the best)."""
+    manager.save(step, args=ocp.args.StandardSave(params), metrics={'val_auc': val_auc},
+                 force=True)
+
+
+def clear(manager: ocp.CheckpointManager) -> None:
+    """Deletes every checkpoint of `manager` (a re-run starts from scratch)."""
+    for step in manager.all_steps():
+        manager.delete(step)
+
+
+def restore_best(run_dir: str, target: Any = None) -> dict:
+    """Params of a fine-tuning run's best-validation checkpoint.
+
+    Args:
+      run_dir: the run folder (holding `best/`).
+      target: a pytree like the params whose shardings the restored arrays
+        take; default host numpy arrays.
+
+    Returns:
+      {'encoder': ..., 'head': ...}.
+    """
+    with best_manager(run_dir, read_only=True) as manager:
+        step = manager.best_step()
+        if step is None:
+            raise FileNotFoundError(f'no best checkpoint in {run_dir}/{BEST_DIR}')
+        if target is None:
+            return manager.restore(step, args=ocp.args.StandardRestore())
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))

@@ -1,4 +1,4 @@
-"""Optimiser and hyper-parameter schedules of ECG-JEPA pre-training."""
+"""Optimiser and hyper-parameter schedules of pre-training and fine-tuning."""
 
 from __future__ import annotations
 
@@ -48,14 +48,32 @@ def decay_mask(params) -> dict:
 
 
 def make_schedules(config) -> dict[str, Schedule]:
-    """Learning-rate, weight-decay and EMA-momentum schedules from a config."""
+    """Learning-rate, weight-decay and (pre-training) EMA-momentum schedules of a config.
+
+    Pre-training and the fine-tuning protocols share the learning rate's
+    shape: linear warm-up from `warmup_start_learning_rate` over
+    `warmup_steps`, then cosine to `final_learning_rate` (equal to
+    `learning_rate` for a constant rate). Weight decay follows a cosine from
+    `weight_decay` to `final_weight_decay`, constant when the config has no
+    final value (fine-tuning). The EMA momentum ramp exists only in configs
+    with `ema_momentum` (pre-training).
+
+    Args:
+      config: pre-training or fine-tuning config.
+
+    Returns:
+      {'lr', 'wd'[, 'momentum']} -> schedule of the step.
+    """
     steps = config.total_steps
-    return {
+    wd = config.weight_decay
+    schedules = {
         'lr': warmup_cosine(steps, config.learning_rate, config.final_learning_rate,
                             config.warmup_steps, config.warmup_start_learning_rate),
-        'wd': warmup_cosine(steps, config.weight_decay, config.final_weight_decay),
-        'momentum': linear(steps, config.ema_momentum, config.final_ema_momentum),
+        'wd': warmup_cosine(steps, wd, config.get('final_weight_decay', wd)),
     }
+    if config.get('ema_momentum') is not None:
+        schedules['momentum'] = linear(steps, config.ema_momentum, config.final_ema_momentum)
+    return schedules
 
 
 def make_optimizer(config, schedules: dict[str, Schedule]) -> optax.GradientTransformation:

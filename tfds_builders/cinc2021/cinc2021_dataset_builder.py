@@ -4,7 +4,8 @@
 `.mat` signal files (`val`, int16, leads x samples). Each source keeps its
 native sampling rate and record length (PTB 1000 Hz, INCART 257 Hz and 30
 min, the others 500 Hz). Besides the core features each example has the
-record's SNOMED-CT diagnoses (`dx_snomed`, from `#Dx:`).
+record's SNOMED-CT diagnoses (`dx_snomed`, from `#Dx:`). Registers a source
+for every config but `ptb_xl` (read from its own builder).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import sys
 import tensorflow_datasets as tfds
 
 try:
-    from tfds_builders import common
+    from tfds_builders import base, errors, features, reading, registry, skips
 except ImportError:  # loaded by path (`tfds build tfds_builders/cinc2021`)
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from tfds_builders import common
+    from tfds_builders import base, errors, features, reading, registry, skips
 
 # Config name -> folder under training/ in the challenge data (v1.0.3).
 SOURCE_FOLDERS = {
@@ -36,6 +37,7 @@ SOURCE_FOLDERS = {
 _URL = ('https://physionet.org/static/published-projects/challenge-2021/'
         'will-two-do-it-the-physionetcomputing-in-cardiology-challenge-2021-'
         '1.0.3.zip')
+_HOMEPAGE = 'https://physionet.org/content/challenge-2021/1.0.3/'
 
 _DESCRIPTION = """
 Training data of the PhysioNet/Computing in Cardiology Challenge 2021
@@ -55,11 +57,9 @@ class Cinc2021Config(tfds.core.BuilderConfig):
 
     Attributes:
       folder: the source's folder under `training/`.
-      download: download the challenge data when manual_dir is missing/empty.
       min_seconds: shorter records are skipped.
     """
     folder: str = ''
-    download: bool = True
     min_seconds: float = 10.0
 
 
@@ -75,20 +75,22 @@ def find_source_folder(root: pathlib.Path, folder: str) -> pathlib.Path:
       The source folder.
 
     Raises:
-      FileNotFoundError: naming where it was looked for.
+      SourceFilesNotFoundError: naming where it was looked for.
     """
     candidates = [root / 'training' / folder, root / folder]
     try:
-        candidates.append(common.find_root(root, 'training', 2) / 'training' /
+        candidates.append(base.find_root(root, 'training', 2) / 'training' /
                           folder)
-    except FileNotFoundError:
+    except errors.SourceFilesNotFoundError:
         pass
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(
-        f'source folder {folder!r} not found; looked in '
-        f'{[str(c) for c in candidates]}')
+    raise errors.SourceFilesNotFoundError(
+        f'no training/{folder}/ in {root} (looked in '
+        f'{", ".join(str(c) for c in dict.fromkeys(candidates))}; get the '
+        f'PhysioNet/CinC Challenge 2021 data from {_HOMEPAGE})',
+        folder=root, expected=f'training/{folder}/')
 
 
 def parse_dx(value: str | None) -> list[str]:
@@ -99,7 +101,7 @@ def parse_dx(value: str | None) -> list[str]:
     return [c for c in codes if c and c.lower() not in ('unknown', 'nan')]
 
 
-class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
+class Builder(base.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for the CinC 2021 sources."""
 
     name = 'cinc2021'
@@ -113,51 +115,71 @@ class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = 'cpsc2018'
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Download the PhysioNet/CinC Challenge 2021 data (v1.0.3) from
-    https://physionet.org/content/challenge-2021/1.0.3/ ({_URL}) and pass
+    {_HOMEPAGE} ({_URL}) and pass
     the challenge root (holding `training/`) or the `training/` folder itself
     with `--manual_dir`; each config reads `training/<source>/g*/*.hea`
-    (sources: {', '.join(SOURCE_FOLDERS.values())}). Leave manual_dir empty
-    to download automatically (config `download=True`, needs network).
+    (sources: {', '.join(SOURCE_FOLDERS.values())}). Or pass `--download=yes`
+    (builder kwarg `download=True`, needs network) with manual_dir absent or
+    empty to download it.
     """
 
     def _info(self) -> tfds.core.DatasetInfo:
-        features = common.core_features()
-        features['dx_snomed'] = tfds.features.Sequence(tfds.features.Text())
+        feature_specs = features.core_features()
+        feature_specs['dx_snomed'] = tfds.features.Sequence(
+            tfds.features.Text())
         return self.dataset_info_from_configs(
             description=_DESCRIPTION,
-            features=tfds.features.FeaturesDict(features),
+            features=tfds.features.FeaturesDict(feature_specs),
             homepage='https://physionet.org/content/challenge-2021/',
             metadata=tfds.core.MetadataDict(),
         )
 
     def _split_generators(self, dl_manager):
-        root = common.manual_or_download_dir(
-            dl_manager, instructions=self.MANUAL_DOWNLOAD_INSTRUCTIONS,
-            download=self._download_allowed(),
-            download_fn=lambda: dl_manager.download_and_extract(_URL))
+        root = base.source_root(
+            dl_manager, marker=None,
+            where=f'the challenge data from {_HOMEPAGE}',
+            download=self._download,
+            download_fn=lambda: dl_manager.download_and_extract(_URL),
+            expected=f'training/{self.builder_config.folder}/')
         source = find_source_folder(root, self.builder_config.folder)
         return {'train': self._generate_examples(source, 'train')}
 
     def _generate_examples(self, source, split):
         headers = sorted(source.rglob('*.hea'))
-        tasks = [common.WfdbTask(
+        tasks = [reading.WfdbTask(
             key=str(path.relative_to(source).with_suffix('')),
             header_path=str(path),
             min_seconds=self.builder_config.min_seconds) for path in headers]
-        counter = common.SkipCounter(split)
+        counter = skips.SkipCounter(split)
 
-        def make_example(result: common.ReadResult):
-            fields = common.parse_header_comments(result.comments)
+        def make_example(result: skips.ReadResult):
+            fields = features.parse_header_comments(result.comments)
             record_id = pathlib.PurePosixPath(result.key).name
-            example = common.core_example(record_id, result.signal, result.fs,
-                                          fields.get('age'), fields.get('sex'))
+            example = features.core_example(
+                record_id, result.signal, result.fs, fields.get('age'),
+                fields.get('sex'))
             example['dx_snomed'] = parse_dx(fields.get('dx'))
             # Record names are unique within a source; the relative path
             # also is and keeps the key free of the user's folder.
             return result.key, example
 
         results = self._map_records(
-            common.read_wfdb_task, tasks,
+            reading.read_wfdb_task, tasks,
             desc=f'cinc2021/{self.builder_config.name} {split}')
-        yield from common.count_and_yield(results, counter, make_example)
-        common.write_build_report(self, split, counter.log_summary())
+        yield from skips.count_and_yield(results, counter, make_example)
+        skips.write_build_report(self, split, counter.log_summary())
+
+
+# The sources the pre-training mixes read, at their native rates (the
+# `ptb_xl` config is not one: PTB-XL is registered by its own builder).
+registry.register_source(registry.Source('ptb', 'cinc2021/ptb', 1000.0))
+registry.register_source(registry.Source(
+    'cpsc2018', 'cinc2021/cpsc2018', 500.0))
+registry.register_source(registry.Source(
+    'cpsc2018_extra', 'cinc2021/cpsc2018_extra', 500.0))
+registry.register_source(registry.Source('georgia', 'cinc2021/georgia', 500.0))
+registry.register_source(registry.Source('ningbo', 'cinc2021/ningbo', 500.0))
+registry.register_source(registry.Source(
+    'chapman_shaoxing', 'cinc2021/chapman_shaoxing', 500.0))
+registry.register_source(registry.Source(
+    'st_petersburg', 'cinc2021/st_petersburg', 257.0, highpass_hz=0.5))

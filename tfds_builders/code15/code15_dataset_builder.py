@@ -4,7 +4,7 @@
 files `exams_part{N}.hdf5` holding `tracings` (N, 4096, 12) float32 mV and
 `exam_id` (N,). Recordings of 7 s or 10 s are centred in the 4,096 samples
 with zero padding, which is trimmed here; with the default 10 s minimum, the
-7 s exams are skipped (as `too_short`).
+7 s exams are skipped (as `too_short`). Registers the source `code15`.
 """
 
 from __future__ import annotations
@@ -21,23 +21,27 @@ import pandas as pd
 import tensorflow_datasets as tfds
 
 try:
-    from tfds_builders import common
+    from tfds_builders import base, features, registry, skips, tables
 except ImportError:  # loaded by path (`tfds build tfds_builders/code15`)
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from tfds_builders import common
+    from tfds_builders import base, features, registry, skips, tables
 # The pool's worker lives in a module with one importable name: `tfds build`
 # loads this file under another name, which spawned workers cannot import.
 from tfds_builders.code15.reading import Hdf5Task, read_hdf5_task  # pylint: disable=g-multiple-import
 
 EXAMS_CSV = 'exams.csv'
 LABEL_NAMES = ('1dAVb', 'RBBB', 'LBBB', 'SB', 'ST', 'AF')
+# Columns of exams.csv the builder reads (`trace_file` is optional).
+EXAMS_COLUMNS = ('exam_id', 'age', 'is_male', 'patient_id', 'normal_ecg',
+                 *LABEL_NAMES)
 # Skip reasons specific to CODE-15's csv/HDF5 split of the data.
 NOT_IN_HDF5 = 'not_in_hdf5'
 NOT_IN_CSV = 'not_in_csv'
 # HDF5 rows per worker task: ~25 MB of tracings.
 ROWS_PER_TASK = 128
 
-_ZENODO = 'https://zenodo.org/records/4916206/files'
+_HOMEPAGE = 'https://zenodo.org/records/4916206'
+_ZENODO = f'{_HOMEPAGE}/files'
 _NUM_PARTS = 18
 
 _DESCRIPTION = """
@@ -60,14 +64,12 @@ class Code15Config(tfds.core.BuilderConfig):
     """Build options.
 
     Attributes:
-      download: download from Zenodo when manual_dir is missing/empty.
       min_seconds: shorter records (after trimming) are skipped.
     """
-    download: bool = True
     min_seconds: float = 10.0
 
 
-class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
+class Builder(base.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for CODE-15%."""
 
     name = 'code15'
@@ -81,14 +83,14 @@ class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
     and `exams_part0.zip` .. `exams_part17.zip`; unzip the parts so that
     `<manual_dir>/exams.csv` and `<manual_dir>/exams_part{{0..17}}.hdf5` exist
     (a subset of the parts is fine: the exams of absent parts are counted as
-    missing). Pass the folder with `--manual_dir`, or leave manual_dir empty
-    to download automatically (config `download=True`, needs network; see
-    {_ZENODO}).
+    missing). Pass the folder with `--manual_dir`, or pass `--download=yes`
+    (builder kwarg `download=True`, needs network; see {_ZENODO}) with
+    manual_dir absent or empty to download it.
     """
 
     def _info(self) -> tfds.core.DatasetInfo:
-        features = common.core_features()
-        features.update({
+        feature_specs = features.core_features()
+        feature_specs.update({
             'exam_id': tfds.features.Scalar(dtype=np.int64),
             'patient_id': tfds.features.Scalar(dtype=np.int64),
             'labels': tfds.features.Tensor(
@@ -98,8 +100,8 @@ class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
         })
         return self.dataset_info_from_configs(
             description=_DESCRIPTION,
-            features=tfds.features.FeaturesDict(features),
-            homepage='https://zenodo.org/records/4916206',
+            features=tfds.features.FeaturesDict(feature_specs),
+            homepage=_HOMEPAGE,
             metadata=tfds.core.MetadataDict(label_names=list(LABEL_NAMES)),
         )
 
@@ -122,18 +124,17 @@ class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
         return root
 
     def _split_generators(self, dl_manager):
-        root = common.manual_or_download_dir(
-            dl_manager, instructions=self.MANUAL_DOWNLOAD_INSTRUCTIONS,
-            download=self._download_allowed(),
+        root = base.source_root(
+            dl_manager, marker=EXAMS_CSV, where=f'CODE-15% from {_HOMEPAGE}',
+            download=self._download,
             download_fn=lambda: self._download_source(dl_manager))
-        root = common.find_root(root, EXAMS_CSV)
-        return {'train': self._generate_examples(root, 'train')}
+        exams = tables.read_table(root / EXAMS_CSV, EXAMS_COLUMNS)
+        return {'train': self._generate_examples(root, exams, 'train')}
 
-    def _generate_examples(self, root, split):
+    def _generate_examples(self, root, exams, split):
         import h5py  # pylint: disable=g-import-not-at-top
-        exams = pd.read_csv(root / EXAMS_CSV)
         exams = exams.drop_duplicates('exam_id').set_index('exam_id')
-        counter = common.SkipCounter(split)
+        counter = skips.SkipCounter(split)
         parts = sorted(root.glob('exams_part*.hdf5'), key=_part_number)
         tasks, seen = [], set()
         for part in parts:
@@ -141,7 +142,7 @@ class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
                 with h5py.File(part, 'r') as f:
                     part_ids = np.asarray(f['exam_id'][:], dtype=np.int64)
             except Exception as e:  # pylint: disable=broad-except
-                counter.skip(part.name, common.UNREADABLE_FILE, str(e))
+                counter.skip(part.name, skips.UNREADABLE_FILE, str(e))
                 continue
             in_csv = np.isin(part_ids, exams.index.to_numpy())
             for exam_id in part_ids[~in_csv]:
@@ -163,7 +164,7 @@ class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
         for exam_id in exams.index.difference(pd.Index(sorted(seen))):
             trace = trace_files[exam_id] if trace_files is not None else ''
             if trace and trace not in present_parts:
-                counter.skip(int(exam_id), common.MISSING_FILE, trace)
+                counter.skip(int(exam_id), skips.MISSING_FILE, trace)
             else:
                 counter.skip(int(exam_id), NOT_IN_HDF5, trace)
 
@@ -172,9 +173,9 @@ class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
                     *LABEL_NAMES)}
         position = {int(e): i for i, e in enumerate(exams.index)}
 
-        def make_example(result: common.ReadResult):
+        def make_example(result: skips.ReadResult):
             i = position[result.key]
-            example = common.core_example(
+            example = features.core_example(
                 result.key, result.signal, result.fs, columns['age'][i],
                 _sex_from_is_male(columns['is_male'][i]))
             example.update({
@@ -191,8 +192,12 @@ class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
                                            desc=f'code15 {split} blocks'):
                 yield from block
 
-        yield from common.count_and_yield(flat(), counter, make_example)
-        common.write_build_report(self, split, counter.log_summary())
+        yield from skips.count_and_yield(flat(), counter, make_example)
+        skips.write_build_report(self, split, counter.log_summary())
+
+
+registry.register_source(registry.Source('code15', 'code15', 400.0,
+                                          highpass_hz=0.5))
 
 
 def _truthy(value: Any) -> bool:

@@ -7,7 +7,8 @@ import pathlib
 
 import numpy as np
 
-from tfds_builders import common
+from tfds_builders import signals
+from tfds_builders import skips
 
 FS = 400.0
 
@@ -38,7 +39,7 @@ class Hdf5Task:
     min_seconds: float | None
 
 
-def read_hdf5_task(task: Hdf5Task) -> list[common.ReadResult]:
+def read_hdf5_task(task: Hdf5Task) -> list[skips.ReadResult]:
     """Reads, trims and validates a block of tracings (pool worker).
 
     Args:
@@ -54,9 +55,9 @@ def read_hdf5_task(task: Hdf5Task) -> list[common.ReadResult]:
             exam_ids = f['exam_id'][task.start:task.stop]
             tracings = f['tracings'][task.start:task.stop]
     except Exception as e:  # pylint: disable=broad-except
-        return [common.ReadResult(None, reason=common.UNREADABLE_FILE,
-                                  detail=f'{pathlib.Path(task.path).name} '
-                                  f'rows {task.start}-{task.stop}: {e}')
+        return [skips.ReadResult(None, reason=skips.UNREADABLE_FILE,
+                                 detail=f'{pathlib.Path(task.path).name} '
+                                 f'rows {task.start}-{task.stop}: {e}')
                 for kept in task.keep if kept]
     for exam_id, tracing, kept in zip(exam_ids, tracings, task.keep):
         if not kept:
@@ -64,14 +65,14 @@ def read_hdf5_task(task: Hdf5Task) -> list[common.ReadResult]:
         exam_id = int(exam_id)
         trimmed = trim_zero_padding(np.asarray(tracing, np.float32))
         if trimmed.shape[0] == 0:
-            results.append(common.ReadResult(
-                exam_id, reason=common.FLAT_LEAD, detail='all samples zero'))
+            results.append(skips.ReadResult(
+                exam_id, reason=skips.FLAT_LEAD, detail='all samples zero'))
             continue
         try:
-            signal, _ = common.clean_signal(trimmed, FS, task.min_seconds)
-        except common.SkipRecord as e:
-            results.append(common.ReadResult(exam_id, reason=e.reason,
-                                             detail=e.detail))
+            signal, _ = signals.clean_signal(trimmed, FS, task.min_seconds)
+        except skips.SkipRecord as e:
+            results.append(skips.ReadResult(exam_id, reason=e.reason,
+                                            detail=e.detail))
             continue
-        results.append(common.ReadResult(exam_id, signal, FS))
+        results.append(skips.ReadResult(exam_id, signal, FS))
     return results

@@ -4,7 +4,8 @@ Records are WFDB (`files/pNNNN/pNNNNNNNN/sNNNNNNNN/NNNNNNNN.{hea,dat}`)
 listed in `record_list.csv`; their leads are stored as
 I, II, III, aVR, aVF, aVL, V1-V6 and reordered here to the canonical order.
 Age and sex are not part of the ECG module (they live in the credentialed
-MIMIC-IV tables), so both are stored as unknown (-1).
+MIMIC-IV tables), so both are stored as unknown (-1). Registers the source
+`mimic_iv_ecg`.
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ import pathlib
 import sys
 
 import numpy as np
-import pandas as pd
 import tensorflow_datasets as tfds
 
 try:
-    from tfds_builders import common
+    from tfds_builders import base, features, reading, registry, skips, tables
 except ImportError:  # loaded by path (`tfds build tfds_builders/mimic_iv_ecg`)
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from tfds_builders import common
+    from tfds_builders import base, features, reading, registry, skips, tables
 
 RECORD_LIST_CSV = 'record_list.csv'
+# Columns of record_list.csv the builder reads.
+RECORD_LIST_COLUMNS = ('subject_id', 'study_id', 'path')
+_HOMEPAGE = 'https://physionet.org/content/mimic-iv-ecg/1.0/'
 
 _DESCRIPTION = """
 MIMIC-IV-ECG (Gow et al., 2023): diagnostic 12-lead ECGs of MIMIC-IV
@@ -47,7 +50,7 @@ class MimicIvEcgConfig(tfds.core.BuilderConfig):
     max_records: int | None = None
 
 
-class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
+class Builder(base.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for MIMIC-IV-ECG (manual download)."""
 
     name = 'mimic_iv_ecg'
@@ -65,24 +68,26 @@ class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
     """
 
     def _info(self) -> tfds.core.DatasetInfo:
-        features = common.core_features()
-        features.update({
+        feature_specs = features.core_features()
+        feature_specs.update({
             'subject_id': tfds.features.Scalar(dtype=np.int64),
             'study_id': tfds.features.Scalar(dtype=np.int64),
         })
         return self.dataset_info_from_configs(
             description=_DESCRIPTION,
-            features=tfds.features.FeaturesDict(features),
+            features=tfds.features.FeaturesDict(feature_specs),
             homepage='https://physionet.org/content/mimic-iv-ecg/',
             metadata=tfds.core.MetadataDict(),
         )
 
     def _split_generators(self, dl_manager):
-        root = common.manual_or_download_dir(
-            dl_manager, instructions=self.MANUAL_DOWNLOAD_INSTRUCTIONS,
-            download=False, download_fn=None)
-        root = common.find_root(root, RECORD_LIST_CSV)
-        records = pd.read_csv(root / RECORD_LIST_CSV)
+        # Credentialed access: never downloaded here.
+        root = base.source_root(
+            dl_manager, marker=RECORD_LIST_CSV,
+            where=f'MIMIC-IV-ECG from {_HOMEPAGE}', download=False,
+            download_fn=None)
+        records = tables.read_table(root / RECORD_LIST_CSV,
+                                    RECORD_LIST_COLUMNS)
         if self.builder_config.max_records:
             records = records.iloc[:self.builder_config.max_records]
         return {'train': self._generate_examples(root, records, 'train')}
@@ -90,24 +95,27 @@ class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, root, records, split):
         subject = records['subject_id'].to_numpy()
         study = records['study_id'].to_numpy()
-        tasks = [common.WfdbTask(
+        tasks = [reading.WfdbTask(
             key=int(i), header_path=str(root / f'{path}.hea'),
             min_seconds=self.builder_config.min_seconds)
             for i, path in enumerate(records['path'].astype(str))]
-        counter = common.SkipCounter(split)
+        counter = skips.SkipCounter(split)
 
-        def make_example(result: common.ReadResult):
+        def make_example(result: skips.ReadResult):
             i = result.key
-            example = common.core_example(study[i], result.signal, result.fs)
+            example = features.core_example(study[i], result.signal, result.fs)
             example['subject_id'] = int(subject[i])
             example['study_id'] = int(study[i])
             return int(study[i]), example
 
-        results = self._map_records(common.read_wfdb_task, tasks,
+        results = self._map_records(reading.read_wfdb_task, tasks,
                                     desc=f'mimic_iv_ecg {split}')
-        yield from common.count_and_yield(
+        yield from skips.count_and_yield(
             _by_study(results, study), counter, make_example)
-        common.write_build_report(self, split, counter.log_summary())
+        skips.write_build_report(self, split, counter.log_summary())
+
+
+registry.register_source(registry.Source('mimic_iv_ecg', 'mimic_iv_ecg', 500.0))
 
 
 def _by_study(results, study):

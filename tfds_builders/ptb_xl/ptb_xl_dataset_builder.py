@@ -3,7 +3,8 @@
 One split per `strat_fold` (`fold1` .. `fold10`; train = `fold1+...+fold8`,
 validation = `fold9`, test = `fold10`). Besides the core features every
 example carries the six benchmark label sets as multi-hot bool vectors; their
-class names are in `info.metadata['classes'][task]`.
+class names are in `info.metadata['classes'][task]`. Registers the sources
+`ptb_xl` (500 Hz) and `ptb_xl_100hz`.
 """
 
 from __future__ import annotations
@@ -20,15 +21,22 @@ import pandas as pd
 import tensorflow_datasets as tfds
 
 try:
-    from tfds_builders import common
+    from tfds_builders import base, features, reading, registry, skips, tables
 except ImportError:  # loaded by path (`tfds build tfds_builders/ptb_xl`)
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from tfds_builders import common
+    from tfds_builders import base, features, reading, registry, skips, tables
 
 DATABASE_CSV = 'ptbxl_database.csv'
 STATEMENTS_CSV = 'scp_statements.csv'
 NUM_FOLDS = 10
 FOLD_SPLITS = tuple(f'fold{i}' for i in range(1, NUM_FOLDS + 1))
+# The benchmark's training folds (fold9 is validation, fold10 test).
+TRAIN_SPLIT = '+'.join(FOLD_SPLITS[:8])
+# Columns the builder reads; a table without one of them is refused.
+DATABASE_COLUMNS = ('ecg_id', 'patient_id', 'age', 'sex', 'scp_codes',
+                    'strat_fold', 'filename_lr', 'filename_hr')
+STATEMENTS_COLUMNS = ('diagnostic', 'form', 'rhythm', 'diagnostic_class',
+                      'diagnostic_subclass')
 
 # Number of classes per task (facts section 7); the vocabularies derived from
 # scp_statements.csv are checked against these so a wrong CSV fails loudly.
@@ -44,6 +52,7 @@ TASKS = tuple(NUM_CLASSES)
 
 _URL = ('https://physionet.org/static/published-projects/ptb-xl/'
         'ptb-xl-a-large-publicly-available-electrocardiography-dataset-1.0.3.zip')
+_HOMEPAGE = 'https://physionet.org/content/ptb-xl/'
 
 _DESCRIPTION = """
 PTB-XL (Wagner et al., 2020): 10 s 12-lead ECGs from 18,869 patients,
@@ -97,8 +106,13 @@ def read_statements(csv_dir: str | os.PathLike) -> pd.DataFrame:
 
     Returns:
       The statements table indexed by code.
+
+    Raises:
+      SourceFilesNotFoundError: no such file.
+      SourceTableError: a column the labels are derived from is absent.
     """
-    return pd.read_csv(pathlib.Path(csv_dir) / STATEMENTS_CSV, index_col=0)
+    return tables.read_table(pathlib.Path(csv_dir) / STATEMENTS_CSV,
+                             STATEMENTS_COLUMNS, index_col=0)
 
 
 def read_database(csv_dir: str | os.PathLike) -> pd.DataFrame:
@@ -109,8 +123,13 @@ def read_database(csv_dir: str | os.PathLike) -> pd.DataFrame:
 
     Returns:
       The database table indexed by ecg_id; `scp_codes` parsed into dicts.
+
+    Raises:
+      SourceFilesNotFoundError: no such file.
+      SourceTableError: a column of `DATABASE_COLUMNS` is absent.
     """
-    df = pd.read_csv(pathlib.Path(csv_dir) / DATABASE_CSV, index_col='ecg_id')
+    df = tables.read_table(pathlib.Path(csv_dir) / DATABASE_CSV,
+                           DATABASE_COLUMNS, index_col='ecg_id')
     df['scp_codes'] = df['scp_codes'].apply(_parse_scp_codes)
     return df
 
@@ -193,7 +212,6 @@ class PtbXlConfig(tfds.core.BuilderConfig):
     Attributes:
       filename_column: `filename_lr` (records100) or `filename_hr` (records500).
       sampling_rate: the records' rate (Hz), for the description.
-      download: download from PhysioNet when manual_dir is missing/empty.
       min_seconds: shorter records are skipped (all PTB-XL records are 10 s).
       keep_flat_leads: keep records with a flat lead (counted as a warning in
         the build report). PTB-XL is the evaluation benchmark, so by default
@@ -201,12 +219,11 @@ class PtbXlConfig(tfds.core.BuilderConfig):
     """
     filename_column: str = 'filename_lr'
     sampling_rate: int = 100
-    download: bool = True
     min_seconds: float = 10.0
     keep_flat_leads: bool = True
 
 
-class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
+class Builder(base.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for PTB-XL."""
 
     name = 'ptb_xl'
@@ -226,15 +243,16 @@ class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
     https://physionet.org/content/ptb-xl/ ({_URL}) and extract it so that
     `<manual_dir>/ptbxl_database.csv`, `<manual_dir>/scp_statements.csv` and
     `<manual_dir>/records100/` (and/or `records500/`) exist (one extra folder
-    level is fine). Pass the folder with `--manual_dir`, or leave manual_dir
-    empty to download automatically (config `download=True`, needs network).
-    Records whose files are absent are skipped and counted.
+    level is fine) and pass the folder with `--manual_dir`; or pass
+    `--download=yes` (builder kwarg `download=True`, needs network) with
+    manual_dir absent or empty to download it. Records whose files are
+    absent are skipped and counted.
     """
     _declared_splits = FOLD_SPLITS
 
     def _info(self) -> tfds.core.DatasetInfo:
-        features = common.core_features()
-        features.update({
+        feature_specs = features.core_features()
+        feature_specs.update({
             'ecg_id': tfds.features.Scalar(dtype=np.int32),
             'patient_id': tfds.features.Scalar(dtype=np.int32),
             'strat_fold': tfds.features.Scalar(dtype=np.int32),
@@ -244,23 +262,22 @@ class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
             }),
         })
         for task, n in NUM_CLASSES.items():
-            features[f'labels_{task}'] = tfds.features.Tensor(
+            feature_specs[f'labels_{task}'] = tfds.features.Tensor(
                 shape=(n,), dtype=np.bool_,
                 doc=f'multi-hot; class names in metadata["classes"]["{task}"]')
         return self.dataset_info_from_configs(
             description=_DESCRIPTION,
-            features=tfds.features.FeaturesDict(features),
+            features=tfds.features.FeaturesDict(feature_specs),
             supervised_keys=None,
-            homepage='https://physionet.org/content/ptb-xl/',
+            homepage=_HOMEPAGE,
             metadata=tfds.core.MetadataDict(),
         )
 
     def _source_root(self, dl_manager) -> pathlib.Path:
-        root = common.manual_or_download_dir(
-            dl_manager, instructions=self.MANUAL_DOWNLOAD_INSTRUCTIONS,
-            download=self._download_allowed(),
+        return base.source_root(
+            dl_manager, marker=DATABASE_CSV, where=f'PTB-XL from {_HOMEPAGE}',
+            download=self._download,
             download_fn=lambda: dl_manager.download_and_extract(_URL))
-        return common.find_root(root, DATABASE_CSV)
 
     def _split_generators(self, dl_manager):
         root = self._source_root(dl_manager)
@@ -294,18 +311,18 @@ class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
             'scp_codes': database['scp_codes'].to_numpy(),
         }
         position = {int(meta['ecg_id'][r]): int(r) for r in rows}
-        tasks = [common.WfdbTask(
+        tasks = [reading.WfdbTask(
             key=int(meta['ecg_id'][r]),
             header_path=str(root / f'{filenames[r]}.hea'),
             min_seconds=config.min_seconds,
             keep_flat=config.keep_flat_leads) for r in rows]
-        counter = common.SkipCounter(split)
+        counter = skips.SkipCounter(split)
 
-        def make_example(result: common.ReadResult):
+        def make_example(result: skips.ReadResult):
             ecg_id = result.key
             r = position[ecg_id]
             codes = meta['scp_codes'][r]
-            example = common.core_example(
+            example = features.core_example(
                 ecg_id, result.signal, result.fs, meta['age'][r],
                 _sex_from_ptbxl(meta['sex'][r]))
             example.update({
@@ -321,10 +338,10 @@ class Builder(common.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
                 example[f'labels_{task}'] = labels[task][r]
             return ecg_id, example
 
-        results = self._map_records(common.read_wfdb_task, tasks,
+        results = self._map_records(reading.read_wfdb_task, tasks,
                                     desc=f'ptb_xl/{config.name} {split}')
-        yield from common.count_and_yield(results, counter, make_example)
-        common.write_build_report(self, split, counter.log_summary())
+        yield from skips.count_and_yield(results, counter, make_example)
+        skips.write_build_report(self, split, counter.log_summary())
 
 
 def _sex_from_ptbxl(value: Any) -> int:
@@ -341,3 +358,9 @@ def _int_or(value: Any, default: int) -> int:
         return int(float(value))
     except (TypeError, ValueError):
         return default
+
+
+registry.register_source(registry.Source(
+    'ptb_xl', 'ptb_xl/records500', 500.0, train_split=TRAIN_SPLIT))
+registry.register_source(registry.Source(
+    'ptb_xl_100hz', 'ptb_xl/records100', 100.0, train_split=TRAIN_SPLIT))

@@ -1,22 +1,31 @@
-"""synthetic_ecg: procedurally generated 12-lead ECGs (see jepa_ecg.data.synthetic).
+"""synthetic_ecg: procedurally generated 12-lead ECGs (see jepa_ecg.ecg.synthetic).
 
 Needs no download, so `make demo`, the Colab quick start and the tests can
-run offline. Records follow the contract every pre-training source follows
-(`signal` (T, 12) float32 mV in canonical lead order, `fs`, `record_id`,
-`age`, `sex`) and add multi-hot `labels` over
-`info.metadata['label_names']`, the `rhythm` class and the `heart_rate`.
+run offline. Records have the core features of every source, declared and
+stored exactly as the real builders store them (`tfds_builders.features`),
+so the offline default exercises the real decoding path; they add multi-hot
+`labels` over `info.metadata['label_names']`, the `rhythm` class and the
+`heart_rate`. Registers the source `synthetic`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import pathlib
+import sys
 from typing import Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jepa_ecg.data import synthetic
-from jepa_ecg.leads import LEADS
+from jepa_ecg.ecg import synthetic
+from jepa_ecg.ecg.leads import LEADS
+
+try:
+    from tfds_builders import features, registry
+except ImportError:  # loaded by path (`tfds build tfds_builders/synthetic_ecg`)
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+    from tfds_builders import features, registry
 
 
 @dataclasses.dataclass
@@ -43,8 +52,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for synthetic_ecg."""
 
     name = 'synthetic_ecg'
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+    VERSION = tfds.core.Version('1.1.0')
+    RELEASE_NOTES = {
+        '1.0.0': 'Initial release.',
+        '1.1.0': 'signal stored as raw bytes and core features declared '
+                 'as the real sources declare them.',
+    }
     BUILDER_CONFIGS = [
         SyntheticEcgConfig(name='small', description='512/128 records, 500 Hz, 10 s.'),
         SyntheticEcgConfig(name='large', description='4096/512 records, 500 Hz, 10 s.',
@@ -64,28 +77,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                            fs=257.0, duration_s=60.0, num_train=8, num_test=2),
     ]
     DEFAULT_CONFIG_NAME = 'small'
-    # How the signal is stored in the tf.train.Example: NONE (a float_list),
-    # as the real sources' builders store it, so the offline source exercises
-    # the same decoding path. (With protobuf's upb backend a 60k-value
-    # float_list converts to numpy as fast as a raw bytes buffer.)
-    SIGNAL_ENCODING = tfds.features.Encoding.NONE
+    # How the signal is stored: the real sources' encoding. A subclass may
+    # change it to test a reader's other decoding paths.
+    SIGNAL_ENCODING = features.SIGNAL_ENCODING
 
     def _info(self) -> tfds.core.DatasetInfo:
+        feature_specs = features.core_features(self.SIGNAL_ENCODING)
+        feature_specs.update({
+            'labels': tfds.features.Tensor(shape=(len(synthetic.LABELS),),
+                                           dtype=np.int32),
+            'rhythm': tfds.features.ClassLabel(names=list(synthetic.RHYTHMS)),
+            'heart_rate': tfds.features.Scalar(dtype=np.float32),
+        })
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                'signal': tfds.features.Tensor(
-                    shape=(None, len(LEADS)), dtype=np.float32,
-                    encoding=self.SIGNAL_ENCODING,
-                    doc=f'mV, leads {", ".join(LEADS)}, native rate'),
-                'fs': tfds.features.Scalar(dtype=np.float32),
-                'record_id': tfds.features.Text(),
-                'age': tfds.features.Scalar(dtype=np.float32),
-                'sex': tfds.features.Scalar(dtype=np.int32),
-                'labels': tfds.features.Tensor(shape=(len(synthetic.LABELS),),
-                                               dtype=np.int32),
-                'rhythm': tfds.features.ClassLabel(names=list(synthetic.RHYTHMS)),
-                'heart_rate': tfds.features.Scalar(dtype=np.float32),
-            }),
+            features=tfds.features.FeaturesDict(feature_specs),
             supervised_keys=('signal', 'labels'),
             homepage='https://github.com/kweimann/ECG-JEPA',
             metadata=tfds.core.MetadataDict(
@@ -110,13 +115,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     else cfg.duration_s)
         for rec in synthetic.generate_records(cfg.seed, start, count, fs=cfg.fs,
                                               duration_s=duration):
-            yield rec['record_id'], {
-                'signal': rec['signal'],
-                'fs': np.float32(rec['fs']),
-                'record_id': rec['record_id'],
-                'age': np.float32(rec['age']),
-                'sex': np.int32(rec['sex']),
+            example = features.core_example(rec['record_id'], rec['signal'],
+                                            rec['fs'], rec['age'], rec['sex'])
+            example.update({
                 'labels': rec['labels'],
                 'rhythm': rec['rhythm'],
                 'heart_rate': np.float32(rec['heart_rate']),
-            }
+            })
+            yield rec['record_id'], example
+
+
+registry.register_source(registry.Source('synthetic', 'synthetic_ecg', 500.0))

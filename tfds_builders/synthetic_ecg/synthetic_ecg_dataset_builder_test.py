@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jepa_ecg.data import pipeline
+from jepa_ecg.data import datasets
 from jepa_ecg.data import sources
-from jepa_ecg.data import synthetic
-from jepa_ecg.leads import LEADS
+from jepa_ecg.ecg import synthetic
+from jepa_ecg.ecg.leads import LEADS
 from tfds_builders.synthetic_ecg import synthetic_ecg_dataset_builder
 
 
@@ -29,12 +29,12 @@ def test_build(tmp_path, config, file_format):
     source = sources.Source('builder_test', f'synthetic_ecg/{config}', cfg.fs)
     if file_format == 'array_record':  # random access only (no tf.data reader)
         examples = builder.as_data_source('test')
-        assert len(pipeline.RecordReader(source, str(tmp_path))) == 32
+        assert len(datasets.open_source(source, str(tmp_path))) == 32
     else:
         examples = tfds.as_numpy(builder.as_dataset(split='test'))
         # The pre-training pipeline needs random access and says so.
         with pytest.raises(ValueError, match='ArrayRecord'):
-            pipeline.RecordReader(source, str(tmp_path))
+            datasets.open_source(source, str(tmp_path))
     for ex in examples:
         n = ex['signal'].shape[0]
         assert ex['signal'].shape[1] == 12 and ex['signal'].dtype == np.float32

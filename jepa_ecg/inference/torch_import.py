@@ -27,13 +27,16 @@ constant here, so it is recomputed, not converted.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any, Mapping
 
 import numpy as np
 
-from jepa_ecg.leads import canonical_lead_name
+from jepa_ecg.data.preprocess import LeadStats
+from jepa_ecg.ecg.leads import LEADS, canonical_lead_name, lead_permutation
+from jepa_ecg.inference.encoder import Encoder, as_lead_stats
 from jepa_ecg.models.config import VARIANTS, ModelConfig
 
 PREFIXES = ('target_encoder.', 'encoder.')
@@ -117,7 +120,6 @@ def model_config_from_torch(config: Mapping[str, Any], state: Mapping[str, np.nd
     channels = list(config.get('channels') or [])
     num_leads = len(channels) or (w.shape[1] if w is not None else 12)
     if not channels:
-        from jepa_ecg.leads import LEADS  # pylint: disable=g-import-not-at-top
         channels = list(LEADS)[:num_leads]
     leads = [canonical_lead_name(str(c)) or str(c) for c in channels]
     fs = float(config.get('sampling_frequency', 500))
@@ -234,7 +236,6 @@ def convert_checkpoint(checkpoint: Mapping[str, Any], *, which: str = 'target_en
         state_dict = {k: v for k, v in checkpoint.items() if k != 'config'}
     cfg_dict = dict(checkpoint.get('config') or {})
     if hasattr(checkpoint.get('config'), '__dataclass_fields__'):
-        import dataclasses  # pylint: disable=g-import-not-at-top
         cfg_dict = dataclasses.asdict(checkpoint['config'])
     cfg_dict.update(config or {})
     state = select_encoder_state(state_dict, which=which)
@@ -249,7 +250,7 @@ def load_torch_checkpoint(path: str) -> Mapping[str, Any]:
       ImportError: with the install hint when torch is missing.
     """
     try:
-        import torch  # pylint: disable=g-import-not-at-top
+        import torch  # pylint: disable=g-import-not-at-top  (an optional extra)
     except ImportError:
         raise ImportError('reading a PyTorch checkpoint needs torch: '
                           "pip install 'jepa_ecg[torch]' (or pip install torch)") from None
@@ -263,23 +264,24 @@ def load_torch_checkpoint(path: str) -> Mapping[str, Any]:
 
 
 def import_torch_checkpoint(path: str, out: str, *, which: str = 'target_encoder',
-                            lead_stats: Mapping[str, Any] | None = None,
-                            checkpoint: Mapping[str, Any] | None = None):
+                            lead_stats: LeadStats | Mapping[str, Any] | None = None,
+                            checkpoint: Mapping[str, Any] | None = None) -> Encoder:
     """Converts an official checkpoint file into an encoder directory.
 
     Args:
       path: the `.pt` file (read with torch unless `checkpoint` is given).
       out: output encoder directory.
       which: 'target_encoder' or 'encoder'.
-      lead_stats: normalisation statistics to store ({'mean', 'std'} in the
-        checkpoint's lead order); the official checkpoints carry none.
+      lead_stats: normalisation statistics to store, in the canonical lead
+        order (`LEADS`, as `runs.read_lead_stats_file` gives them): they are
+        reordered to the checkpoint's lead order. The official checkpoints
+        carry none.
       checkpoint: the already loaded checkpoint dict (tests, or torch-free
         callers that unpickled it some other way).
 
     Returns:
-      the saved `jepa_ecg.encoder.Encoder`.
+      the saved `Encoder`.
     """
-    from jepa_ecg import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
     ckpt = checkpoint if checkpoint is not None else load_torch_checkpoint(path)
     cfg, params, leads = convert_checkpoint(ckpt, which=which)
     provenance = {'kind': 'official ECG-JEPA PyTorch checkpoint',
@@ -287,8 +289,10 @@ def import_torch_checkpoint(path: str, out: str, *, which: str = 'target_encoder
     for key in ('step', 'epoch'):
         if isinstance(ckpt.get(key), (int, float)):
             provenance[key] = ckpt[key]
-    enc = encoder_lib.Encoder(cfg, params, lead_stats=lead_stats, leads=leads,
-                              meta={'provenance': provenance})
+    stats = as_lead_stats(lead_stats)
+    if stats is not None and list(leads) != list(LEADS):
+        stats = stats.select(lead_permutation(LEADS, leads))
+    enc = Encoder(cfg, params, lead_stats=stats, leads=leads, meta={'provenance': provenance})
     enc.save(out)
     enc.meta['path'] = os.path.abspath(out)
     return enc

@@ -2,7 +2,7 @@
 
 Every reader returns `Record`s: a raw (time, leads) float32 signal in mV, its
 sampling rate and its lead names in storage order. Nothing is resampled,
-reordered or normalised here: `jepa_ecg.encoder.Encoder.preprocess` does that,
+reordered or normalised here: `jepa_ecg.data.preprocess.preprocess` does that,
 matching leads by name.
 
 Formats:
@@ -17,9 +17,10 @@ Formats:
     first header cell (a pandas index) is dropped. Comma, semicolon or tab.
   * NPY: a (time, leads) array, or (leads, time) when the first axis matches
     the number of lead names and the second does not, or (records, time,
-    leads) for several records in one file. Needs `fs` and `leads` (lead
-    names default to the canonical 12-lead order, with a warning, when the
-    array has 12 columns).
+    leads) for several records in one file (of at least 32 samples each:
+    other shapes, e.g. (time, leads, 1), are an error). Needs `fs` and
+    `leads` (lead names default to the canonical 12-lead order, with a
+    warning, when the array has 12 columns).
   * NPZ: the array under `signal` (or `signals`, `ecg`, `x`, `data`, or the
     only array), optional `fs` and `leads` arrays inside the file, which win
     over the defaults passed in.
@@ -39,8 +40,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from jepa_ecg import wfdb_io
-from jepa_ecg.leads import LEADS, canonical_lead_name
+from jepa_ecg.ecg import wfdb_io
+from jepa_ecg.ecg.leads import LEADS, canonical_lead_name
 
 RECORD_SUFFIXES = ('.hea', '.csv', '.npy', '.npz')
 SIGNAL_SUFFIXES = ('.dat', '.mat')
@@ -49,6 +50,10 @@ _UNIT_TO_MV = wfdb_io.UNIT_TO_MV
 _TIME_COLUMNS = {'time', 't', 'seconds', 'second', 'sec', 's', 'time_s', 'time(s)',
                  'timestamp', 'time [s]', 'elapsed time'}
 _NPZ_SIGNAL_KEYS = ('signal', 'signals', 'ecg', 'x', 'data')
+# CSV cells that mean "no sample" rather than text.
+_MISSING_CELLS = {'nan', 'na', 'n/a', 'null', 'none', '-', '?'}
+# Fewest samples per record for a 3-D array to be read as (records, time, leads).
+_MIN_BATCH_RECORD_SAMPLES = 32
 
 
 class AssumedLeadOrderWarning(UserWarning):
@@ -216,7 +221,7 @@ def _check_signal(path: str, signal: np.ndarray, leads: Sequence[str], fs: float
 def read_wfdb(header_path: str) -> Record:
     """Reads a WFDB record (header + `.dat`/`.mat`) into physical units (mV).
 
-    Parsing and reading are `jepa_ecg.wfdb_io`'s, shared with the TFDS
+    Parsing and reading are `jepa_ecg.ecg.wfdb_io`'s, shared with the TFDS
     builders; this adds the per-file error and the checks every reader here
     makes.
 
@@ -282,10 +287,46 @@ def _read_csv(path: str, fs: float | None, scale: float) -> Record:
             unit = 1e-3 if 'ms' in names[time_col].lower() else 1.0
             fs = 1.0 / (median * unit)
             fs = float(round(fs, 3))
+    _check_numeric_cells(path, delimiter, names, data, keep)
     signal = (data[:, keep] * scale).astype(np.float32)
     leads = [names[i] for i in keep]
     _check_signal(path, signal, leads, fs)
     return Record(_stem(path), path, signal, float(fs), leads)
+
+
+def _check_numeric_cells(path: str, delimiter: str, names: Sequence[str], data: np.ndarray,
+                         keep: Sequence[int]) -> None:
+    """Raises when the signal columns are mostly text rather than numbers.
+
+    The numeric parse turns text into NaN, like a missing sample; a column of
+    words (or of decimal commas) would then become an all-NaN or interpolated
+    lead. A few unreadable cells stay NaN (interpolated later); a lead column,
+    or the whole table, that is mostly text is an error naming the file.
+    """
+    nan = np.isnan(data[:, keep])
+    if not nan.any():
+        return
+    with open(path, newline='', encoding='utf-8-sig', errors='replace') as f:
+        rows = [r for r in csv.reader(f, delimiter=delimiter) if any(c.strip() for c in r)][1:]
+    text = np.zeros(nan.shape, bool)
+    example = None
+    for i, row in enumerate(rows[:nan.shape[0]]):
+        for j in np.flatnonzero(nan[i]):
+            col = keep[j]
+            cell = row[col].strip() if col < len(row) else ''
+            if cell and cell.lower() not in _MISSING_CELLS and not _is_number(cell):
+                text[i, j] = True
+                example = example or (cell, names[col], i + 2)
+    mostly_text = [names[c] for j, c in enumerate(keep)
+                   if canonical_lead_name(names[c]) and text[:, j].mean() > 0.5]
+    if example is None or (text.mean() <= 0.5 and not mostly_text):
+        return
+    cell, column, line = example
+    hint = ('; decimal commas? write 0.5, not 0,5' if re.fullmatch(r'[-+]?\d+,\d+', cell)
+            else '')
+    raise RecordReadError(path, f'{int(text.sum())} of {text.size} signal cells are not '
+                                f'numbers (e.g. {cell!r} in column {column!r}, line {line})'
+                                f'{hint}; want one numeric column per lead')
 
 
 def _is_number(text: str) -> bool:
@@ -327,7 +368,7 @@ def _read_array_file(path: str, fs: float | None, leads: Sequence[str] | None,
     if arr.ndim not in (2, 3):
         raise RecordReadError(path, f'array of shape {arr.shape}: want (time, leads), '
                                     f'(leads, time) or (records, time, leads)')
-    cols = arr.shape[-1]
+    cols, shape = arr.shape[-1], arr.shape
     assumed = False
     if leads is None:
         if 12 not in arr.shape[-2:]:
@@ -341,6 +382,14 @@ def _read_array_file(path: str, fs: float | None, leads: Sequence[str] | None,
     leads = [str(n).strip() for n in leads]
     if cols != len(leads) and arr.shape[-2] == len(leads):
         arr = np.swapaxes(arr, -1, -2)  # stored leads-first
+    if arr.ndim == 3 and arr.shape[1] < max(len(leads) + 1, _MIN_BATCH_RECORD_SAMPLES):
+        # Records of a handful of samples are not a batch of ECGs but a
+        # misread array, e.g. (time, leads, 1): one error for the file beats
+        # thousands of tiny records failing one by one.
+        raise RecordReadError(path, f'array of shape {shape}: read as {arr.shape[0]} records '
+                                    f'of {arr.shape[1]} samples x {arr.shape[2]} leads, which '
+                                    f'is not an ECG; save one record as (time, leads) or a '
+                                    f'batch as (records, time, leads)')
     signals = arr[None] if arr.ndim == 2 else arr
     out = []
     for i, sig in enumerate(signals):

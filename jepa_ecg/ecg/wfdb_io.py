@@ -1,7 +1,7 @@
 """WFDB records: one tolerant header parser and fast signal readers.
 
-Both readers of WFDB files in this project use this module: `jepa_ecg.io`
-(users' own files for the `jepa-ecg` CLI) and `tfds_builders.common` (the
+Both readers of WFDB files in this project use this module: `jepa_ecg.ecg.files`
+(users' own files for the `jepa-ecg` CLI) and `tfds_builders.reading` (the
 dataset builders). Each turns `WfdbFormatError` into its own error type
 (`RecordReadError`, `SkipRecord`), so the parsing rules and quirks live in one
 place and a header that one side reads the other reads the same way.
@@ -18,6 +18,11 @@ Header quirks tolerated: a record name written with an extension
 gains without baseline or units, a gain of 0 (WFDB: the default 200), the ADC
 zero as baseline when none is given, lead names in any case or with inner
 spaces. Multi-segment records are refused.
+
+Checksums: a header may give each signal's checksum (the 16-bit sum of its
+digital samples); `read_signal(..., checksums=True)` verifies them
+(`verify_checksums`), which catches a signal file that was altered or
+mixed up after its header was written.
 """
 
 from __future__ import annotations
@@ -72,6 +77,10 @@ class WfdbUnreadableError(WfdbFormatError):
     """A file exists but is unreadable, corrupt or truncated."""
 
 
+class WfdbChecksumError(WfdbUnreadableError):
+    """A signal's samples do not add up to the checksum its header gives."""
+
+
 @dataclasses.dataclass(frozen=True)
 class WfdbHeader:
     """What the readers need from a single-segment WFDB header.
@@ -91,6 +100,7 @@ class WfdbHeader:
       byte_offsets: where each signal's samples start in its file.
       samples_per_frame: samples per frame of each signal (1 when not given).
       skews: skew of each signal in samples (0 when not given).
+      checksums: each signal's checksum as written (None when not given).
     """
     record_name: str
     fs: float
@@ -105,6 +115,7 @@ class WfdbHeader:
     byte_offsets: tuple[int, ...] = ()
     samples_per_frame: tuple[int, ...] = ()
     skews: tuple[int, ...] = ()
+    checksums: tuple[int | None, ...] = ()
 
 
 def parse_header(text: str) -> WfdbHeader:
@@ -141,7 +152,7 @@ def parse_header(text: str) -> WfdbHeader:
                               f'{len(body) - 1} signal lines')
     columns: dict[str, list] = {k: [] for k in (
         'file_names', 'formats', 'byte_offsets', 'samples_per_frame', 'skews', 'gains',
-        'baselines', 'units', 'lead_names')}
+        'baselines', 'units', 'lead_names', 'checksums')}
     for line in body[1:num_signals + 1]:
         parts = line.split()
         try:
@@ -169,8 +180,17 @@ def parse_header(text: str) -> WfdbHeader:
         columns['baselines'].append(float(adc_zero if baseline is None else baseline))
         columns['units'].append(unit)
         columns['lead_names'].append(' '.join(parts[8:]) if len(parts) > 8 else '')
+        columns['checksums'].append(_optional_int(parts[6]) if len(parts) > 6 else None)
     return WfdbHeader(record_name=record_name, fs=fs, num_samples=num_samples,
                       comments=comments, **{k: tuple(v) for k, v in columns.items()})
+
+
+def _optional_int(text: str) -> int | None:
+    """An integer header field, None when it is not one (left unchecked)."""
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def read_header(header_path: str | os.PathLike) -> WfdbHeader:
@@ -196,13 +216,14 @@ def read_header(header_path: str | os.PathLike) -> WfdbHeader:
         raise WfdbHeaderError(e.reason, header_path) from None
 
 
-def read_signal(header: WfdbHeader, header_path: str | os.PathLike
-                ) -> tuple[np.ndarray, list[str]]:
+def read_signal(header: WfdbHeader, header_path: str | os.PathLike, *,
+                checksums: bool = False) -> tuple[np.ndarray, list[str]]:
     """Reads a record's samples into physical units (mV), in storage order.
 
     Args:
       header: the parsed header (`read_header(header_path)`).
       header_path: the `.hea` file; signal files are looked up next to it.
+      checksums: verify the checksums the header gives (`verify_checksums`).
 
     Returns:
       (signal, names): float32 (num_samples, signals) in mV, with NaN where
@@ -213,10 +234,16 @@ def read_signal(header: WfdbHeader, header_path: str | os.PathLike
     Raises:
       WfdbMissingFileError: the signal file does not exist.
       WfdbUnreadableError: corrupt, truncated or otherwise unreadable.
+      WfdbChecksumError: with `checksums`, a signal does not match its
+        header's checksum.
     """
     header_path = os.fspath(header_path)
     if _fast_path(header):
         digital = _read_digital(header, header_path)
+        # A truncated file is reported as truncated below, not as a mismatch.
+        if checksums and digital.shape[0] >= (header.num_samples or 0):
+            verify_checksums(header, digital[:header.num_samples or None],
+                             header_path)
         gains = np.asarray(header.gains, np.float32)
         baselines = np.asarray(header.baselines, np.float32)
         scale = np.asarray([UNIT_TO_MV.get(u.lower(), 1.0) for u in header.units], np.float32)
@@ -225,7 +252,7 @@ def read_signal(header: WfdbHeader, header_path: str | os.PathLike
             signal[digital == _MISSING_SAMPLE] = np.nan
         names = list(header.lead_names)
     else:
-        signal, names = _read_with_wfdb(header_path)
+        signal, names = _read_with_wfdb(header, header_path, checksums)
     if header.num_samples and signal.shape[0] < header.num_samples:
         raise WfdbUnreadableError(f'truncated: {signal.shape[0]} of {header.num_samples} '
                                   f'samples in the signal file', header_path)
@@ -275,12 +302,53 @@ def _read_digital(header: WfdbHeader, header_path: str) -> np.ndarray:
     return data.reshape(-1, n)
 
 
-def _read_with_wfdb(header_path: str) -> tuple[np.ndarray, list[str]]:
+def verify_checksums(header: WfdbHeader, digital: np.ndarray,
+                     header_path: str | os.PathLike) -> None:
+    """Checks each signal's samples against the checksum its header gives.
+
+    The WFDB checksum of a signal is the sum of its digital samples (missing
+    values included) as a 16-bit integer; headers write it signed or
+    unsigned, so the two are compared modulo 2**16. Signals without a
+    checksum are not checked.
+
+    Args:
+      header: the parsed header.
+      digital: (num_samples, signals) digital samples, in storage order.
+      header_path: the `.hea` file, for the error.
+
+    Raises:
+      WfdbChecksumError: naming the first signal that does not match.
+    """
+    digital = np.asarray(digital)
+    if digital.dtype.kind == 'f':
+        # MATLAB files may hold the samples as doubles; only whole numbers
+        # are digital samples a checksum was computed from.
+        if not (np.isfinite(digital).all() and (digital == np.round(digital)).all()):
+            return
+    sums = digital.astype(np.int64).sum(axis=0) % 65536
+    for i, expected in enumerate(header.checksums):
+        if expected is not None and i < sums.size and sums[i] != expected % 65536:
+            name = header.lead_names[i] or f'signal {i}'
+            raise WfdbChecksumError(
+                f'checksum mismatch in {name}: samples sum to {int(sums[i])} '
+                f'(mod 65536), header says {expected}', header_path)
+
+
+def _read_with_wfdb(header: WfdbHeader, header_path: str,
+                    checksums: bool) -> tuple[np.ndarray, list[str]]:
     """Falls back to the `wfdb` package for what the fast path lacks."""
     import wfdb  # pylint: disable=g-import-not-at-top
+    # Frames of several samples are averaged in `d_signal`, so their sums
+    # are not the header's: those records are read unchecked.
+    check = checksums and set(header.samples_per_frame) <= {1}
     try:
-        record = wfdb.rdrecord(os.path.splitext(header_path)[0], physical=True,
-                               return_res=32)
+        record = wfdb.rdrecord(os.path.splitext(header_path)[0],
+                               physical=not check, return_res=32)
+        if check:
+            verify_checksums(header, record.d_signal, header_path)
+            record.dac(inplace=True, return_res=32)
+    except WfdbChecksumError:
+        raise
     except Exception as e:  # pylint: disable=broad-except
         raise WfdbUnreadableError(f'wfdb cannot read it ({type(e).__name__}: {e})',
                                   header_path) from None

@@ -179,3 +179,8 @@ def sliding_windows(signal: np.ndarray, length: int, stride: int) -> np.ndarray:
     windows = np.lib.stride_tricks.sliding_window_view(signal, length, axis=0)
     # sliding_window_view puts the window axis last: (T-length+1, L, length).
     return np.moveaxis(windows[::stride][:count], -1, 1)
+
+
+def samples(fs: float, seconds: float) -> int:
+    """Samples in `seconds` at `fs`, rounded (2.5 s: 250 at 100 Hz, 1250 at 500 Hz)."""
+    return int(round(float(fs) * float(seconds)))

@@ -80,6 +80,21 @@ def global_norm(tree) -> jax.Array:
     return optax.global_norm(tree)
 
 
+def micro_batches(batch: dict, n: int) -> dict:
+    """Splits every (B, ...) leaf into (n, B / n, ...) micro-batches.
+
+    The split is strided (micro-batch i holds rows i, i + n, ...), which
+    keeps each micro-batch spread over the data axis.
+    """
+    def split(x):
+        b = x.shape[0]
+        if b % n:
+            raise ValueError(f'batch {b} not divisible by grad_accum_steps={n}')
+        x = x.reshape((b // n, n) + x.shape[1:])
+        return jnp.moveaxis(x, 1, 0)
+    return jax.tree_util.tree_map(split, batch)
+
+
 def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation,
                     schedules: dict[str, Callable], *, dtype: str = 'float32',
                     grad_accum_steps: int = 1, rank_every: int = 1) -> Callable:
@@ -111,16 +126,6 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation,
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def micro_batches(batch):
-        # Strided split keeps each micro-batch spread over the data axis.
-        def split(x):
-            b = x.shape[0]
-            if b % grad_accum_steps:
-                raise ValueError(f'batch {b} not divisible by grad_accum_steps={grad_accum_steps}')
-            x = x.reshape((b // grad_accum_steps, grad_accum_steps) + x.shape[1:])
-            return jnp.moveaxis(x, 1, 0)
-        return jax.tree_util.tree_map(split, batch)
-
     def train_step(state: TrainState, batch: dict):
         if grad_accum_steps == 1:
             (loss, targets), grads = grad_fn(state.params, state.target_params, batch)
@@ -131,7 +136,7 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation,
                 return (loss_sum + l, jax.tree_util.tree_map(jnp.add, grad_sum, g)), t
             zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
             (loss, grads), targets = jax.lax.scan(body, (jnp.zeros(()), zeros),
-                                                  micro_batches(batch))
+                                                  micro_batches(batch, grad_accum_steps))
             loss = loss / grad_accum_steps
             grads = jax.tree_util.tree_map(lambda g: g / grad_accum_steps, grads)
             targets = targets.reshape((-1,) + targets.shape[2:])

@@ -176,7 +176,7 @@ def generate_record(seed: int, index: int, *, fs: float = 500.0,
       duration_s: length in seconds, or a (min, max) range drawn per record.
 
     Returns:
-      dict with `signal` float32 (T, 12) in mV in `jepa_ecg.leads.LEADS`
+      dict with `signal` float32 (T, 12) in mV in `jepa_ecg.ecg.leads.LEADS`
       order, `fs` float, `labels` int32 multi-hot over `LABELS`, `rhythm`
       int (index into `RHYTHMS`), `heart_rate` float (bpm), `age` float,
       `sex` int (0 male, 1 female) and `record_id` str.

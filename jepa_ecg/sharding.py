@@ -8,8 +8,9 @@ pod: every process passes its local share of the batch and gets a global
 from __future__ import annotations
 
 import collections
+import inspect
 import os
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -30,6 +31,30 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def jit_data_parallel(fn: Callable, mesh: Mesh, *, batch_argnums: Sequence[int] = (1,),
+                      donate_argnums: Sequence[int] = ()) -> Callable:
+    """`jax.jit(fn)` laid out for data parallelism over `mesh`.
+
+    The arguments at `batch_argnums` are split along their first axis over
+    the 'data' axis; every other argument (state, params, keys) and every
+    output are replicated. Donating the state lets XLA update it in place.
+
+    Args:
+      fn: a pure function of positional arguments.
+      mesh: from make_mesh.
+      batch_argnums: positions of the batch arguments.
+      donate_argnums: positions of arguments whose buffers the call may reuse.
+
+    Returns:
+      The jitted function.
+    """
+    num_args = len(inspect.signature(fn).parameters)
+    repl, batch = replicated(mesh), batch_sharded(mesh)
+    in_shardings = tuple(batch if i in batch_argnums else repl for i in range(num_args))
+    return jax.jit(fn, in_shardings=in_shardings, out_shardings=repl,
+                   donate_argnums=tuple(donate_argnums))
 
 
 def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:

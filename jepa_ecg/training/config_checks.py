@@ -1,0 +1,100 @@
+"""Checks of a pre-training or fine-tuning config, run before any work.
+
+A bad value (a zero batch, a batch the devices cannot split, an unknown
+variant) should fail in a second with a message naming the field and what
+it accepts, not minutes later inside a compiled step, and before a workdir
+exists. The mains turn `ConfigError` into a usage error (exit status 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import jax
+
+from jepa_ecg.data.sources import MIXTURES
+from jepa_ecg.models import DTYPES
+from jepa_ecg.models.classifier import HEADS
+from jepa_ecg.models.config import VARIANTS
+
+PROTOCOLS = ('linear', 'finetune', 'finetune_after_linear')
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work."""
+
+
+def _get(config, field: str) -> Any:
+    node = config
+    for part in field.split('.'):
+        node = node[part]
+    return node
+
+
+def check_positive(config, fields: Iterable[str]) -> None:
+    """Raises ConfigError unless every field is an integer >= 1."""
+    for field in fields:
+        value = _get(config, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f'config.{field}={value!r}: must be an integer >= 1')
+
+
+def check_non_negative(config, fields: Iterable[str]) -> None:
+    """Raises ConfigError unless every field is an integer >= 0."""
+    for field in fields:
+        value = _get(config, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f'config.{field}={value!r}: must be an integer >= 0')
+
+
+def check_choice(config, field: str, allowed: Iterable[str]) -> None:
+    """Raises ConfigError unless the field is one of `allowed`."""
+    value, allowed = _get(config, field), sorted(allowed)
+    if value not in allowed:
+        raise ConfigError(f'config.{field}={value!r}: choose from {allowed}')
+
+
+def check_batch_divides(config, field: str, num_devices: int | None = None) -> None:
+    """Raises ConfigError unless the batch splits evenly over all devices."""
+    n = jax.device_count() if num_devices is None else num_devices
+    value = _get(config, field)
+    if value % n:
+        raise ConfigError(f'config.{field}={value}: must be a multiple of the {n} devices '
+                          f'(e.g. {max(n, value - value % n)})')
+
+
+def check_pretrain_config(config) -> None:
+    """Validates a pre-training config (see experiments/configs/pretrain.py).
+
+    Raises:
+      ConfigError: naming the first bad field and its allowed values.
+    """
+    check_positive(config, ('global_batch_size', 'total_steps', 'log_every',
+                            'checkpoint_every', 'keep_checkpoints', 'grad_accum_steps'))
+    check_non_negative(config, ('warmup_steps', 'rank_every'))
+    check_choice(config, 'model.variant', VARIANTS)
+    check_choice(config, 'data.mixture', MIXTURES)
+    check_choice(config, 'dtype', DTYPES)
+    check_batch_divides(config, 'global_batch_size')
+    if config.global_batch_size % config.grad_accum_steps:
+        raise ConfigError(f'config.global_batch_size={config.global_batch_size}: must be a '
+                          f'multiple of config.grad_accum_steps={config.grad_accum_steps}')
+
+
+def check_finetune_config(config) -> None:
+    """Validates a fine-tuning config (see experiments/configs/finetune.py).
+
+    Raises:
+      ConfigError: naming the first bad field and its allowed values.
+    """
+    check_choice(config, 'protocol', PROTOCOLS)
+    check_choice(config, 'head', HEADS)
+    check_choice(config, 'dtype', DTYPES)
+    check_positive(config, ('batch_size', 'total_steps', 'eval_every', 'log_every',
+                            'patience', 'eval_records_per_batch',
+                            'bootstrap.num_resamples'))
+    check_non_negative(config, ('warmup_steps',))
+    check_batch_divides(config, 'batch_size')
+    if config.head == 'register' and config.frozen:
+        raise ConfigError('config.head=register with config.frozen=True: the register head '
+                          'is for full fine-tuning; use head=attentive for a frozen encoder')

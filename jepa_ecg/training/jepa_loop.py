@@ -1,0 +1,195 @@
+"""The pre-training loop: data-parallel jitted steps, logging, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import ml_collections
+from absl import logging
+
+from jepa_ecg import sharding
+from jepa_ecg.data import pretrain as pipeline
+from jepa_ecg.data.sources import MIXTURES, get_source
+from jepa_ecg.models import ModelConfig
+from jepa_ecg.models.config import model_config_from
+from jepa_ecg.training import checkpoint, config_checks, optim
+from jepa_ecg.training import jepa_step as jepa
+from jepa_ecg.training.metrics_writer import MetricsWriter
+from tfds_builders import build
+
+# What the step consumes; anything else the pipeline yields stays on the host.
+STEP_INPUTS = ('signal', 'keep_idx', 'keep_valid', 'predict_mask')
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _manual_dirs(mixture: dict, manual_dir: str | None) -> dict[str, str] | None:
+    """`data.manual_dir` is the raw folder of the mixture's one real source."""
+    if not manual_dir:
+        return None
+    real = [name for name, w in mixture.items() if w > 0
+            and not build.is_offline(get_source(name).tfds_name)]
+    if len(real) != 1:
+        raise config_checks.ConfigError(
+            f'data.manual_dir names the raw folder of one source, but the mixture has '
+            f'{len(real)} real sources {real}: build each with python -m tfds_builders')
+    return {real[0]: manual_dir}
+
+
+def make_input_iterator(config: ml_collections.ConfigDict, cfg: ModelConfig,
+                        start_step: int) -> Iterator[dict]:
+    """The pre-training pipeline of `config.data` from `start_step` (local batches).
+
+    Offline sources (synthetic) are built on first use; a missing real one
+    stops with a message naming its build command.
+    """
+    mixture = MIXTURES[config.data.mixture]
+    pipeline.prepare_sources(mixture, config.data.data_dir,
+                             manual_dirs=_manual_dirs(mixture, config.data.get('manual_dir')))
+    return pipeline.make_pretrain_iterator(
+        mixture, data_dir=config.data.data_dir,
+        global_batch_size=config.global_batch_size, fs=cfg.fs,
+        window_seconds=cfg.window_seconds, patch_size=cfg.patch_size,
+        keep_ratio_range=tuple(config.data.keep_ratio_range),
+        min_block_size=config.data.min_block_size, keep_bucket=config.data.keep_bucket,
+        seed=config.seed, start_step=start_step, process_index=jax.process_index(),
+        process_count=jax.process_count(), num_threads=config.data.get('num_threads'),
+        worker_count=config.data.get('worker_count', 0), prefetch=config.data.get('prefetch', 2))
+
+
+def _restore_or_init(config: ml_collections.ConfigDict, cfg: ModelConfig, tx, mesh,
+                     manager) -> tuple[jepa.TrainState, int]:
+    """The latest checkpoint's state and step, or a fresh state at step 0."""
+    init = sharding.jit_data_parallel(lambda key: jepa.init_train_state(key, cfg, tx), mesh,
+                                      batch_argnums=())
+    state = init(jax.random.PRNGKey(config.seed))
+    restored = checkpoint.restore_latest(manager, state)
+    if restored is None:
+        return state, 0
+    state, meta = restored
+    start_step = int(meta['data_step'])
+    logging.info('resuming at step %d', start_step)
+    return state, start_step
+
+
+def _check_finite(scalars: dict[str, float], step: int, manager) -> None:
+    if not all(math.isfinite(v) for v in scalars.values()):
+        raise NonFiniteLossError(
+            f'non-finite metrics at step {step}: {scalars}. The last good '
+            f'checkpoint is in {manager.directory}; lower the learning rate, '
+            f'enable grad_clip or use float32.')
+
+
+def _log_line(step: int, total: int, scalars: dict[str, float], eta: float) -> None:
+    rank = scalars.get('target_rank')
+    logging.info('step %d/%d loss %.4f lr %.2e wd %.3f m %.5f |g| %.3f |p| %.1f '
+                 'std %.4f rank %s %.1f rec/s ETA %s', step, total, scalars['loss'],
+                 scalars['lr'], scalars['wd'], scalars['momentum'], scalars['grad_norm'],
+                 scalars['param_norm'], scalars['target_std'],
+                 f'{rank:.1f}' if rank is not None else '-', scalars['records_per_s'],
+                 _fmt_seconds(eta))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       input_iterator_fn: Callable[[int], Iterator[dict]] | None = None
+                       ) -> dict[str, Any]:
+    """Pre-trains (or resumes) until `config.total_steps`.
+
+    Args:
+      config: see experiments/configs/pretrain.py.
+      workdir: checkpoints, metrics.jsonl, TensorBoard events, config.json.
+      input_iterator_fn: optional `(start_step) -> iterator` replacing the
+        TFDS pipeline (each item a local batch dict as the pipeline yields).
+
+    Returns:
+      Summary dict: final step, last logged metrics, records/s.
+    """
+    config_checks.check_pretrain_config(config)
+    cfg = model_config_from(config)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = sharding.make_mesh()
+    schedules = optim.make_schedules(config)
+    tx = optim.make_optimizer(config, schedules)
+    step_fn = jepa.make_train_step(cfg, tx, schedules, dtype=config.dtype,
+                                   grad_accum_steps=config.grad_accum_steps,
+                                   rank_every=config.rank_every)
+    train_step = sharding.jit_data_parallel(step_fn, mesh, donate_argnums=(0,))
+    manager = checkpoint.make_manager(workdir, save_every=config.checkpoint_every,
+                                      keep=config.keep_checkpoints,
+                                      async_save=config.async_checkpoint)
+    state, start_step = _restore_or_init(config, cfg, tx, mesh, manager)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, checkpoint.CONFIG_FILE), 'w') as f:
+            json.dump({'config': config.to_dict(), 'model': cfg.to_dict()}, f, indent=2,
+                      default=str)
+    source_iter = (input_iterator_fn or (lambda s: make_input_iterator(config, cfg, s)))(start_step)
+    # Keeps the next batch's host-to-device copy in flight while a step runs.
+    it = sharding.prefetch_to_device(({k: b[k] for k in STEP_INPUTS} for b in source_iter),
+                                     mesh, size=1)
+    writer = MetricsWriter(workdir, start_step=start_step)
+    logging.info('training %s (%s) on %d devices, %d processes, global batch %d, steps %d -> %d',
+                 cfg.variant, config.dtype, mesh.devices.size, jax.process_count(),
+                 config.global_batch_size, start_step, config.total_steps)
+    t_start = time.time()
+    try:
+        step, last = _train(config, cfg, state, start_step, train_step, it, manager, writer)
+    finally:
+        if hasattr(source_iter, 'close'):
+            source_iter.close()
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
+    elapsed = time.time() - t_start
+    return {'step': step, 'last': last, 'seconds': elapsed,
+            'records_per_s': (step - start_step) * config.global_batch_size / max(elapsed, 1e-9)}
+
+
+def _train(config: ml_collections.ConfigDict, cfg: ModelConfig, state, start_step: int,
+           train_step, it: Iterator[dict], manager, writer: MetricsWriter
+           ) -> tuple[int, dict[str, float]]:
+    """Steps from `start_step` to `config.total_steps`; logs and checkpoints on the way."""
+    total = config.total_steps
+    meta_base = {'model': cfg.to_dict(), 'seed': config.seed,
+                 'global_batch_size': config.global_batch_size}
+    t_last, step_last = time.time(), start_step
+    last: dict[str, float] = {}
+    step = start_step
+    while step < total:
+        state, metrics = train_step(state, next(it))
+        step += 1
+        due_save = manager.should_save(step) or step == total
+        if due_save and step % config.log_every:
+            # Never write a non-finite state into a checkpoint.
+            loss = float(metrics['loss'])
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f'non-finite loss {loss} at step {step}; the last good checkpoint '
+                    f'is in {manager.directory}')
+        if step % config.log_every == 0 or step == total:
+            scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if config.rank_every <= 0 or step % config.rank_every:
+                scalars.pop('target_rank', None)
+            _check_finite(scalars, step, manager)
+            now = time.time()
+            rate = (step - step_last) / max(now - t_last, 1e-9)
+            scalars['steps_per_s'] = rate
+            scalars['records_per_s'] = rate * config.global_batch_size
+            writer.write(step, scalars)
+            _log_line(step, total, scalars, (total - step) / max(rate, 1e-9))
+            t_last, step_last, last = now, step, scalars
+        if due_save:
+            checkpoint.save(manager, step, state, {**meta_base, 'step': step, 'data_step': step},
+                            force=step == total)
+    return step, last
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(s)
+    return f'{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}'
