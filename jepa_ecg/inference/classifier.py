@@ -28,10 +28,11 @@ import numpy as np
 
 from jepa_ecg.data.preprocess import LeadStats, canonical_leads
 from jepa_ecg.ecg.leads import LEADS
+from jepa_ecg.inference import explain as explain_lib
 from jepa_ecg.inference import stream
-from jepa_ecg.inference.encoder import (PARAMS_FILE, VERSION, Encoder, check_params,
-                                        lead_stats_json, read_params, to_numpy_tree,
-                                        write_params)
+from jepa_ecg.inference.encoder import VERSION, Encoder, check_params, lead_stats_json
+from jepa_ecg.inference.model_files import (PARAMS_FILE, read_model_doc, read_params,
+                                            to_numpy_tree, write_params)
 from jepa_ecg.models.classifier import build_classifier, probabilities
 from jepa_ecg.models.config import ModelConfig
 
@@ -123,6 +124,25 @@ class Classifier:
         # Logits averaged over a record's windows, then sigmoid/softmax (as in evaluation).
         return self.probabilities(stream.pool(batcher.finish(), (len(self.class_names),)))
 
+    def explain(self, signals, fs: float, leads: Sequence[str], *,
+                method: str = 'grad_x_input', top_k: int | None = None, **kwargs):
+        """Per-patch relevance of raw records for their classes (`inference.explain`).
+
+        Args:
+          signals: one (T, L) array or a list of them (raw mV).
+          fs: sampling rate (Hz).
+          leads: column lead names.
+          method: 'grad_x_input' or 'integrated_gradients'.
+          top_k: explain the k most probable classes (default: all).
+          **kwargs: classes, steps, pad, batch_size, normalize, fill_missing,
+            highpass_hz (see `explain.explain`).
+
+        Returns:
+          an `explain.Explanation` for one array, else a list of them.
+        """
+        return explain_lib.explain(self, signals, fs, leads, method=method, top_k=top_k,
+                                   **kwargs)
+
     def save(self, path: str) -> str:
         """Writes a classifier directory (see the module docstring)."""
         return save_classifier(
@@ -199,18 +219,8 @@ def read_classifier(path: str, *, lead_stats: LeadStats | Mapping[str, Any] | No
       FileNotFoundError: `path` is not a classifier directory.
       ValueError: a file of another format, or params that do not fit.
     """
-    path = os.fspath(path)
-    if os.path.isfile(path) and os.path.basename(path) == CONFIG_FILE:
-        path = os.path.dirname(path) or '.'
-    if not is_classifier_dir(path):
-        raise FileNotFoundError(f'{path} is not a classifier directory (no {CONFIG_FILE})')
-    with open(os.path.join(path, CONFIG_FILE), encoding='utf-8') as f:
-        doc = json.load(f)
-    if doc.get('format') != FORMAT:
-        raise ValueError(f'{path}/{CONFIG_FILE} is not a {FORMAT} file')
-    if int(doc.get('version', 0)) > VERSION:
-        raise ValueError(f'{path} has classifier format version {doc["version"]}; this '
-                         f'jepa_ecg reads up to {VERSION}: upgrade jepa_ecg')
+    path, doc = read_model_doc(path, config_file=CONFIG_FILE, fmt=FORMAT, version=VERSION,
+                               kind='classifier')
     config = ModelConfig.from_dict(doc['model'])
     params = read_params(os.path.join(path, PARAMS_FILE))
     check_params(config, params['encoder'])

@@ -36,7 +36,6 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 from flax.core import unfreeze
 
 from jepa_ecg.data.preprocess import LeadStats, canonical_leads, preprocess
@@ -45,13 +44,14 @@ from jepa_ecg.data.preprocess import (MissingLeadsError, MissingLeadsWarning,  #
                                       RecordTooShortError)
 from jepa_ecg.ecg.leads import LEADS
 from jepa_ecg.inference import stream
+from jepa_ecg.inference.model_files import (PARAMS_FILE, read_model_doc, read_params,
+                                            to_numpy_tree, write_params)
 from jepa_ecg.models import build_encoder
 from jepa_ecg.models.config import ModelConfig
 
 FORMAT = 'jepa_ecg.encoder'
 VERSION = 1
 CONFIG_FILE = 'encoder.json'
-PARAMS_FILE = 'params.msgpack'
 # 'stored' is the name the encoder API and CLI used for 'given' before
 # preprocessing was shared; both are accepted.
 NORMALIZE_MODES = ('given', 'stored', 'record')
@@ -69,11 +69,6 @@ def as_lead_stats(stats: LeadStats | Mapping[str, Any] | None) -> LeadStats | No
     if stats is None or isinstance(stats, LeadStats):
         return stats
     return LeadStats.from_json(stats)
-
-
-def to_numpy_tree(tree: Any) -> Any:
-    """A params pytree (FrozenDicts included) as nested dicts of float32 numpy arrays."""
-    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), unfreeze(tree))
 
 
 @dataclasses.dataclass
@@ -336,19 +331,6 @@ def lead_stats_json(stats: LeadStats | Mapping[str, Any] | None) -> dict | None:
     return None if stats is None else stats.to_json()
 
 
-def write_params(path: str, params: Any) -> None:
-    """Writes a params pytree as float32 msgpack, atomically (temp file + rename)."""
-    tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        f.write(serialization.msgpack_serialize(to_numpy_tree(params)))
-    os.replace(tmp, path)
-
-
-def read_params(path: str) -> dict:
-    with open(path, 'rb') as f:
-        return serialization.msgpack_restore(f.read())
-
-
 def save_encoder(path: str, config: ModelConfig, params: Any, *,
                  lead_stats: LeadStats | Mapping[str, Any] | None = None,
                  leads: Sequence[str] = LEADS,
@@ -422,20 +404,10 @@ def read_encoder(path: str, *, lead_stats: LeadStats | Mapping[str, Any] | None 
       ValueError: a file of another format or a newer version, or params
         that do not fit the config.
     """
-    path = os.fspath(path)
-    if os.path.isfile(path) and os.path.basename(path) == CONFIG_FILE:
-        path = os.path.dirname(path) or '.'
-    if not is_encoder_dir(path):
-        raise FileNotFoundError(
-            f'{path} is not an encoder directory (no {CONFIG_FILE}); create one with '
-            f'`jepa-ecg export WORKDIR --out DIR` or `jepa-ecg import-torch CKPT --out DIR`')
-    with open(os.path.join(path, CONFIG_FILE), encoding='utf-8') as f:
-        doc = json.load(f)
-    if doc.get('format') != FORMAT:
-        raise ValueError(f'{path}/{CONFIG_FILE} is not a {FORMAT} file')
-    if int(doc.get('version', 0)) > VERSION:
-        raise ValueError(f'{path} has encoder format version {doc["version"]}; this '
-                         f'jepa_ecg reads up to {VERSION}: upgrade jepa_ecg')
+    path, doc = read_model_doc(
+        path, config_file=CONFIG_FILE, fmt=FORMAT, version=VERSION, kind='encoder',
+        hint='create one with `jepa-ecg export WORKDIR --out DIR` or '
+             '`jepa-ecg import-torch CKPT --out DIR`')
     config = ModelConfig.from_dict(doc['model'])
     params = read_params(os.path.join(path, PARAMS_FILE))
     check_params(config, params)
