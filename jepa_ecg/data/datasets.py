@@ -129,11 +129,11 @@ class _FeatureSpec:
         if kind == 'bytes_list':
             items = [b.decode('utf-8') for b in value.bytes_list.value]
             return items[0] if self.scalar and items else items
+        values = getattr(value, kind).value
+        if self.scalar:  # a Python number: cheaper than a one-element array
+            return self.dtype.type(values[0]) if len(values) else None
         # upb hands numpy one packed buffer for float and int64 lists
-        array = np.asarray(getattr(value, kind).value, self.dtype)
-        if self.scalar:
-            return array[0] if array.size else None
-        return array
+        return np.asarray(values, self.dtype)
 
 
 def open_source(source: sources_lib.Source | str, data_dir: str | None,

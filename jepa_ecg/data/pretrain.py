@@ -46,6 +46,7 @@ from jepa_ecg.data import masking
 from jepa_ecg.data import preprocess as preprocess_lib
 from jepa_ecg.data import sources as sources_lib
 from jepa_ecg.data import stats as stats_lib
+from jepa_ecg.data.lead_subsets import LeadDropout
 from jepa_ecg.ecg import transforms
 from jepa_ecg.ecg.leads import LEADS
 from tfds_builders import build
@@ -114,7 +115,7 @@ class _Assemble:
                     ex['signal'], ex['fs'], LEADS, target_fs=self.fs, stats=src.stats,
                     highpass_hz=src.source.highpass_hz,
                     window=preprocess_lib.Window(self.length, _unit_float(self.seed, position)),
-                    out=out)
+                    out=out, finite=True)
                 return
             except preprocess_lib.RecordTooShortError:
                 self._count_drop(src.source.name)
@@ -187,7 +188,8 @@ class PretrainPipeline:
                  patch_size: int, keep_ratio_range=(0.15, 0.25),
                  min_block_size: int = 10, keep_bucket: int = 10, seed: int,
                  process_index: int = 0, process_count: int = 1,
-                 sources: Mapping[str, sources_lib.Source] | None = None):
+                 sources: Mapping[str, sources_lib.Source] | None = None,
+                 lead_dropout: float = 0.0):
         """Opens the sources and builds the dataset.
 
         Args:
@@ -206,6 +208,8 @@ class PretrainPipeline:
           process_index: this process (jax.process_index()).
           process_count: number of processes (jax.process_count()).
           sources: extra or overriding registry entries (name -> Source).
+          lead_dropout: probability that a record has a random subset of its
+            leads zeroed after normalisation (`lead_subsets.LeadDropout`; 0: off).
         """
         if global_batch_size <= 0 or global_batch_size % process_count:
             raise ValueError(
@@ -244,6 +248,9 @@ class PretrainPipeline:
                         .batch(self.local_batch_size, batch_fn=self._read)
                         [process_index::process_count]
                         .map_with_index(self._add_masks))
+        if lead_dropout:
+            self.dataset = self.dataset.map_with_index(
+                LeadDropout(lead_dropout, self.seed, process_index))
 
     @staticmethod
     def _open(src: sources_lib.Source, data_dir: str) -> _OpenSource:
