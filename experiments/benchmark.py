@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -36,7 +37,20 @@ import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 from absl import app, flags  # noqa: E402
+
+from experiments import pipeline_bench  # noqa: E402
+from experiments.configs.pretrain import get_config  # noqa: E402
+from jepa_ecg import inference, sharding  # noqa: E402
+from jepa_ecg.data import masking, stats  # noqa: E402
+from jepa_ecg.data.sources import MIXTURES, Source  # noqa: E402
+from jepa_ecg.models.config import model_config, model_config_from  # noqa: E402
+from jepa_ecg.training import flops, optim  # noqa: E402
+from jepa_ecg.training import jepa_step as jepa  # noqa: E402
+from tfds_builders import build  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_enum('what', ['train_step'], ['train_step', 'pipeline', 'embed'],
@@ -79,7 +93,6 @@ class PeakRss:
         self._stop = threading.Event()
 
     def _rss(self) -> int:
-        import psutil  # pylint: disable=g-import-not-at-top
         return psutil.Process().memory_info().rss
 
     def _run(self):
@@ -138,7 +151,6 @@ def _settings() -> dict:
 
 
 def _base_record(what: str, s: dict, batch: int) -> dict:
-    import jax  # pylint: disable=g-import-not-at-top
     dev = jax.devices()[0]
     return {
         'what': what, 'variant': s['variant'], 'batch': batch, 'fs': s['fs'],
@@ -158,8 +170,6 @@ def _emit(record: dict) -> None:
 
 
 def _model_config(s: dict):
-    from experiments.configs.pretrain import get_config  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.models.config import model_config_from  # pylint: disable=g-import-not-at-top
     tokens = {'XS': 'vit_xs', 'S': 'vit_s', 'B': 'vit_b', 'tiny': 'vit_tiny'}[s['variant']]
     config = get_config(tokens + ',synthetic')
     config.unlock()
@@ -171,20 +181,37 @@ def _model_config(s: dict):
 
 
 # -------------------------------------------------------------- train step
+def _time_steps(compiled: dict, state, batches: list, s: dict, batch: int):
+    """Warm-up steps, then timed repetitions (state donated, one sync per repetition).
+
+    Returns:
+      (records/s per repetition, CPU seconds per step per repetition, last metrics).
+    """
+    def run(state, b):
+        return compiled[b['keep_idx'].shape[1]](state, b)
+
+    for b in batches[:s['warmup']]:
+        state, metrics = run(state, b)
+    jax.block_until_ready(metrics)
+    rates, cpu, i = [], [], s['warmup']
+    for _ in range(s['reps']):
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(s['steps_per_rep']):
+            state, metrics = run(state, batches[i])
+            i += 1
+        jax.block_until_ready(metrics)
+        rates.append(s['steps_per_rep'] * batch / (time.perf_counter() - t0))
+        cpu.append((time.process_time() - c0) / s['steps_per_rep'])
+    return rates, cpu, metrics
+
+
 def bench_train_step(s: dict, batch: int) -> dict:
     """Times the jitted, donated pre-training step on device-resident batches."""
-    import jax  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.training import jepa_step as jepa  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.data import masking  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.training import flops, optim  # pylint: disable=g-import-not-at-top
-    from jepa_ecg import sharding as parallel  # pylint: disable=g-import-not-at-top
-
     config, cfg = _model_config(s)
     schedules = optim.make_schedules(config)
     tx = optim.make_optimizer(config, schedules)
-    mesh = parallel.make_mesh()
-    repl, bsh = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    mesh = sharding.make_mesh()
+    repl, bsh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     step_fn = jepa.make_train_step(cfg, tx, schedules, dtype=s['dtype'],
                                    rank_every=config.rank_every)
     jitted = jax.jit(step_fn, in_shardings=(repl, bsh), out_shardings=(repl, repl),
@@ -199,7 +226,7 @@ def bench_train_step(s: dict, batch: int) -> dict:
                                           min_block_size=config.data.min_block_size,
                                           bucket=config.data.keep_bucket)}
             for _ in range(n_batches)]
-    batches = [parallel.host_to_global(b, mesh) for b in host]
+    batches = [sharding.host_to_global(b, mesh) for b in host]
     lo, hi = s['keep_ratio']
     buckets = sorted({masking.bucketed_length(k, n, config.data.keep_bucket)
                       for k in range(max(1, math.ceil(lo * n)), min(n, math.ceil(hi * n)) + 1)})
@@ -210,7 +237,7 @@ def bench_train_step(s: dict, batch: int) -> dict:
         compiled, compile_times, xla_flops = {}, [], None
         for k_pad in buckets:
             idx = next((i for i, b in enumerate(host) if b['keep_idx'].shape[1] == k_pad), None)
-            proto = batches[idx] if idx is not None else parallel.host_to_global(
+            proto = batches[idx] if idx is not None else sharding.host_to_global(
                 {'signal': signal, **masking.sample_batch_masks(
                     rng, batch, n, bucket=config.data.keep_bucket,
                     num_keep=k_pad)}, mesh)
@@ -223,24 +250,8 @@ def bench_train_step(s: dict, batch: int) -> dict:
                 except Exception:  # pylint: disable=broad-except
                     xla_flops = None
 
-        def run(b):
-            return compiled[b['keep_idx'].shape[1]](state_box[0], b)
-
-        state_box = [state]
-        for b in batches[:s['warmup']]:
-            state_box[0], metrics = run(b)
-        jax.block_until_ready(metrics)
         load_before = os.getloadavg()[0]
-        rates, cpu, i = [], [], s['warmup']
-        for _ in range(s['reps']):
-            t0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(s['steps_per_rep']):
-                state_box[0], metrics = run(batches[i])
-                i += 1
-            jax.block_until_ready(metrics)
-            dt = time.perf_counter() - t0
-            rates.append(s['steps_per_rep'] * batch / dt)
-            cpu.append((time.process_time() - c0) / s['steps_per_rep'])
+        rates, cpu, metrics = _time_steps(compiled, state, batches, s, batch)
         load_after = os.getloadavg()[0]
         loss = float(metrics['loss'])
 
@@ -268,9 +279,6 @@ def bench_train_step(s: dict, batch: int) -> dict:
 # ---------------------------------------------------------------- pipeline
 def _synthetic_data_dir(smoke: bool):
     """Builds the offline synthetic source in a temp dir; returns (dir, mixture, sources)."""
-    from jepa_ecg.data import stats  # pylint: disable=g-import-not-at-top
-    from tfds_builders import build  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.data.sources import Source  # pylint: disable=g-import-not-at-top
     path = tempfile.mkdtemp(prefix='jepa_bench_tfds_')
     config = 'tiny' if smoke else 'small'
     src = Source('bench_synthetic', f'synthetic_ecg/{config}', 500.0)
@@ -302,15 +310,11 @@ def bench_pipeline(s: dict, batch: int):
     process. Otherwise the standard cases of experiments/pipeline_bench.py,
     each in a fresh process so its peak RSS is its own.
     """
-    from experiments import pipeline_bench  # pylint: disable=g-import-not-at-top
-    from jepa_ecg import sharding  # pylint: disable=g-import-not-at-top
     if not FLAGS.data_dir and not FLAGS.smoke:
         return bench_pipeline_suite(s, batch)
-    from jepa_ecg.models.config import model_config  # pylint: disable=g-import-not-at-top
     sharding.hide_accelerators_from_tensorflow()
     cfg = model_config(s['variant'], fs=s['fs'], window_seconds=s['window_seconds'])
     if FLAGS.data_dir:
-        from jepa_ecg.data.sources import MIXTURES  # pylint: disable=g-import-not-at-top
         data_dir, mixture, sources, tmp = FLAGS.data_dir, MIXTURES[FLAGS.mixture], None, None
     else:
         data_dir, mixture, sources = _synthetic_data_dir(FLAGS.smoke)
@@ -328,13 +332,11 @@ def bench_pipeline(s: dict, batch: int):
                             'data_dir': None if tmp else data_dir})
     finally:
         if tmp:
-            import shutil  # pylint: disable=g-import-not-at-top
             shutil.rmtree(tmp, ignore_errors=True)
     return records
 
 
 def bench_pipeline_suite(s: dict, batch: int) -> list[dict]:
-    from experiments import pipeline_bench  # pylint: disable=g-import-not-at-top
     if s['fs'] != 500.0 or s['window_seconds'] != 10.0:
         raise app.UsageError('the standard pipeline cases are 10 s at 500 Hz; pass --data_dir '
                              'and --mixture to measure another setting')
@@ -350,27 +352,14 @@ def bench_pipeline_suite(s: dict, batch: int) -> list[dict]:
 # ------------------------------------------------------------------- embed
 def bench_embed(s: dict, batch: int) -> dict:
     """Records/s of the encoder forward pass on full windows (inference)."""
-    import jax  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.training import jepa_step as jepa  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.training import flops  # pylint: disable=g-import-not-at-top
-
     _, cfg = _model_config(s)
-    try:
-        from jepa_ecg import inference  # pylint: disable=g-import-not-at-top
-        if FLAGS.encoder:
-            enc = inference.load_encoder(FLAGS.encoder)
-            cfg = enc.config
-        else:
-            params = jepa.init_params(jax.random.PRNGKey(FLAGS.seed), cfg)['encoder']
-            enc = inference.Encoder(cfg, params)
-        forward, how = enc.tokens, 'Encoder.tokens'
-    except ImportError:  # the inference API is optional for this benchmark
-        from jepa_ecg.models import build_encoder  # pylint: disable=g-import-not-at-top
+    if FLAGS.encoder:
+        enc = inference.load_encoder(FLAGS.encoder)
+        cfg = enc.config
+    else:
         params = jepa.init_params(jax.random.PRNGKey(FLAGS.seed), cfg)['encoder']
-        model = build_encoder(cfg, dtype=s['dtype'])
-        fn = jax.jit(lambda p, x: model.apply({'params': p}, x))
-        forward, how = (lambda x: fn(params, x)), 'module.apply'
+        enc = inference.Encoder(cfg, params)
+    forward, how = enc.tokens, 'Encoder.tokens'
     x = np.random.default_rng(FLAGS.seed).standard_normal(
         (batch, cfg.window_samples, cfg.num_leads)).astype(np.float32)
     with PeakRss() as rss:

@@ -68,8 +68,14 @@ def main(argv):
         resolver = resolve.make_resolver(FLAGS.encoder, FLAGS.config)
     except ValueError as e:
         raise app.UsageError(str(e), exitcode=2) from None
-    summary = finetune_loop.run_all(FLAGS.config, FLAGS.workdir, encoder=resolver,
-                                    tasks=list(FLAGS.task), num_seeds=FLAGS.seeds)
+    from jepa_ecg.training.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
+    from tfds_builders.build import DatasetNotBuiltError  # pylint: disable=g-import-not-at-top
+    new_workdir = None if os.path.exists(FLAGS.workdir) else FLAGS.workdir
+    try:
+        summary = finetune_loop.run_all(FLAGS.config, FLAGS.workdir, encoder=resolver,
+                                        tasks=list(FLAGS.task), num_seeds=FLAGS.seeds)
+    except (DatasetNotBuiltError, CheckpointError) as e:
+        console.fail(str(e), new_workdir=new_workdir)
     _print_summary(summary)
     logging.info('results in %s', os.path.join(FLAGS.workdir, 'results.json'))
 

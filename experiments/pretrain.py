@@ -39,7 +39,15 @@ def main(argv):
         config_checks.check_pretrain_config(FLAGS.config)
     except config_checks.ConfigError as e:
         raise app.UsageError(str(e), exitcode=2) from None
-    summary = jepa_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    from jepa_ecg.training.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
+    from tfds_builders.build import DatasetNotBuiltError  # pylint: disable=g-import-not-at-top
+    new_workdir = None if os.path.exists(FLAGS.workdir) else FLAGS.workdir
+    try:
+        summary = jepa_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (DatasetNotBuiltError, CheckpointError) as e:
+        # A real source not built (the message names the build command), or a
+        # workdir none of whose checkpoints restores.
+        console.fail(str(e), new_workdir=new_workdir)
     logging.info('done: %s', summary)
     print(loss_curve_summary(FLAGS.workdir))
 

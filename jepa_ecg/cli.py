@@ -4,6 +4,7 @@
     jepa-ecg import-torch ViTS_all.min.pt --out encoders/vits_all --stats stats.json
     jepa-ecg embed my_ecgs/ --checkpoint encoders/xs_ptbxl --out emb.npz
     jepa-ecg predict a.hea b.csv --checkpoint runs/finetune/classifier --out preds.csv
+    jepa-ecg explain a.hea --checkpoint runs/finetune/classifier --out why/ --top-k 2
 
 Inputs of `embed`/`predict` (see `jepa_ecg.ecg.files`): WFDB records (`.hea` with
 `.dat` or `.mat`), CSV (one column per lead, header = lead names), NPY/NPZ
@@ -20,6 +21,8 @@ Outputs:
            (N,), `failed` (paths that could not be processed), `encoder`
            (JSON of the encoder's config and provenance).
   predict  CSV `record,path,<class 1>,...` with class probabilities.
+  explain  per record `<name>.npz` (per-patch relevance per class and lead,
+           probabilities, pooler attention) and `<name>_<class>.png`.
 """
 
 from __future__ import annotations
@@ -207,6 +210,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return _report('predicted', result, args.out if result.records else None)
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Per-record pictures and arrays of each patch's relevance for the classes."""
+    from jepa_ecg.ecg import files as files_lib  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.inference import explain, runs, stream  # pylint: disable=g-import-not-at-top
+    if os.path.isfile(args.out):
+        raise CliError(f'--out {args.out} is a file; give a folder for the pictures')
+    _check_out(os.path.join(args.out, 'explain.npz'))
+    clf = runs.load_classifier(args.checkpoint, task=args.task,
+                               lead_stats=_stats_override(args))
+    _need_stats(clf.encoder, args, '--stats FILE.json or --normalize=record')
+    paths = files_lib.find_records(args.files)
+    if not paths:
+        raise CliError(f'no ECG files found in {args.files}')
+    read = stream.ReadOptions(fs=args.fs, leads=files_lib.parse_leads(args.leads),
+                              units=args.units)
+    kwargs = dict(normalize=args.normalize, highpass_hz=args.highpass,
+                  fill_missing=None if args.fill_missing == 'none' else args.fill_missing)
+    with stream.Progress(len(paths), 'explain', enabled=not args.quiet,
+                         prefix=f'{PROG}: ') as progress:
+        result = explain.explain_files(
+            clf, paths, args.out, read=read, prepare_kwargs=kwargs, method=args.method,
+            top_k=args.top_k, steps=args.steps, pad=args.pad, batch_size=args.batch_size,
+            progress=progress)
+    n = len(result.records)
+    print(f'explained {n} records ({args.method}) in {result.seconds:.1f} s: '
+          f'{len(result.written)} files -> {args.out}'
+          + (f'; {len(result.failed)} failed' if result.failed else ''), flush=True)
+    for _, reason in result.failed:
+        _err(f'  {reason}')
+    return 1 if result.failed else 0
+
+
 def cmd_import_torch(args: argparse.Namespace) -> int:
     """Official PyTorch checkpoint -> encoder directory."""
     from jepa_ecg.inference import torch_import  # pylint: disable=g-import-not-at-top
@@ -254,14 +289,15 @@ def _print_encoder(enc, out: str) -> None:
 
 
 # ------------------------------------------------------------------- parser
-def _add_input_flags(p: argparse.ArgumentParser) -> None:
+def _add_input_flags(p: argparse.ArgumentParser,
+                     out_help: str = 'output file (checked before any work)') -> None:
     p.add_argument('files', nargs='+', metavar='FILES',
                    help='WFDB .hea/.dat/.mat, .csv, .npy, .npz files, or folders of them')
     p.add_argument('--checkpoint', required=True,
                    help='embed: encoder directory (export / import-torch) or pre-training '
                         'workdir; predict: classifier directory (export of a fine-tuning run) '
                         'or experiments/finetune.py output')
-    p.add_argument('--out', required=True, help='output file (checked before any work)')
+    p.add_argument('--out', required=True, help=out_help)
     p.add_argument('--fs', type=_number(float, low=FS_RANGE[0], high=FS_RANGE[1], unit=' Hz'),
                    default=None, help='sampling rate (Hz) of files that do not store it '
                                       f'(NPY, NPZ, CSV); {FS_RANGE[0]:g}-{FS_RANGE[1]:g}')
@@ -316,6 +352,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help='task to use from a fine-tuning workdir holding several')
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser('explain', help='per-patch relevance of a fine-tuned model\'s '
+                                       'predictions -> PNG + .npz per record')
+    _add_input_flags(p, out_help='output folder: <record>_<class>.png and <record>.npz')
+    p.add_argument('--task', default=None,
+                   help='task to use from a fine-tuning workdir holding several')
+    p.add_argument('--method', choices=('grad_x_input', 'integrated_gradients'),
+                   default='grad_x_input', help='relevance: gradient x input (default) or '
+                                                'integrated gradients from the zero baseline')
+    p.add_argument('--top-k', type=_COUNT, default=None, metavar='K',
+                   help='explain the K most probable classes of a record (default: all)')
+    p.add_argument('--steps', type=_COUNT, default=32,
+                   help='integrated-gradients path points (>= 1)')
+    p.set_defaults(func=cmd_explain)
+
     p = sub.add_parser('import-torch',
                        help='official ECG-JEPA PyTorch checkpoint -> encoder directory')
     p.add_argument('checkpoint', help='.pt file (full pre-training or minified)')
@@ -342,6 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _errors_or_our_warnings(record) -> bool:
+    here = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    return record.levelno >= 40 or os.path.abspath(record.pathname).startswith(here)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (0 ok, 1 some files failed, 2 error).
 
@@ -357,8 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         # A shell command: Orbax's INFO/WARNING lines (e.g. "directory is read
         # only" when restoring) are noise here. Library callers keep their setup.
+        # Our own warnings (e.g. a damaged checkpoint skipped) still show.
         from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-        absl_logging.set_verbosity(absl_logging.ERROR)
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        absl_logging.get_absl_logger().addFilter(_errors_or_our_warnings)
     try:
         return int(args.func(args) or 0)
     except (CliError, FileNotFoundError, ValueError) as e:

@@ -368,7 +368,7 @@ def test_compare_command(linear_random_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'a - b =' in proc.stdout
     with open(out) as f:
-        res = json.load(f)
+        res = json.load(f)['pairs'][0]
     assert res['ci_low'] <= res['diff'] <= res['ci_high']
 
 

@@ -75,6 +75,12 @@ def get_config(arg: str = 'linear') -> ml_collections.ConfigDict:
     c.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
     # Read only the first records of every fold (smoke runs and tests).
     c.data.max_records_per_fold = ml_collections.FieldReference(None, field_type=int)
+    # Label efficiency: train on a label-stratified share of the train folds,
+    # fixed by the run's seed (jepa_ecg/data/label_fraction.py); 1.0: all.
+    c.data.train_fraction = 1.0
+    # Probability that a training crop has a random non-empty proper subset of
+    # its leads zeroed after normalisation (reduced-lead robustness; 0: off).
+    c.data.lead_dropout = 0.0
 
     c.batch_size = 128
     c.warmup_start_learning_rate = 1e-6
@@ -84,6 +90,10 @@ def get_config(arg: str = 'linear') -> ml_collections.ConfigDict:
     c.eval_records_per_batch = 64
     c.log_every = 50
     c.plots = True
+    # Test AUC with only these leads present (the others zero-filled as
+    # `jepa-ecg predict --fill-missing=zero` does), e.g. '12,6-limb,I+II,I'
+    # or any '+'-joined leads; '' skips it (jepa_ecg/data/lead_subsets.py).
+    c.eval_lead_subsets = ''
     c.bootstrap = ml_collections.ConfigDict()
     c.bootstrap.num_resamples = 1000
     c.bootstrap.confidence = 0.95

@@ -60,6 +60,9 @@ def get_config(arg: str = 'vit_xs,synthetic') -> ml_collections.ConfigDict:
     c.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
     c.data.worker_count = 0  # Grain worker processes (0: threads in this process only)
     c.data.prefetch = 2
+    # Probability that a record has a random non-empty proper subset of its
+    # leads zeroed after normalisation (reduced-lead robustness; 0: off).
+    c.data.lead_dropout = 0.0
 
     c.global_batch_size = 2048
     c.total_steps = 100_000

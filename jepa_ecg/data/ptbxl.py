@@ -30,6 +30,7 @@ from absl import logging
 from jepa_ecg.data import datasets
 from jepa_ecg.data import preprocess as preprocess_lib
 from jepa_ecg.data import stats as stats_lib
+from jepa_ecg.data.lead_subsets import LeadDropout
 from jepa_ecg.ecg import transforms
 from jepa_ecg.ecg.leads import LEADS
 from tfds_builders import build
@@ -240,26 +241,30 @@ class PtbxlTask:
         return iter(self.records_dataset(split).to_iter_dataset(
             grain.ReadOptions(num_threads=_EVAL_THREADS, prefetch_buffer_size=8)))
 
-    def train_dataset(self, *, batch_size: int, crop: int, seed: int) -> grain.MapDataset:
-        """Training batches as a Grain dataset indexed by step."""
+    def train_dataset(self, *, batch_size: int, crop: int, seed: int,
+                      lead_dropout: float = 0.0) -> grain.MapDataset:
+        """Training batches as a Grain dataset indexed by step (`lead_dropout`: see
+        `lead_subsets.LeadDropout`)."""
         split = self.splits['train']
         if not 0 < batch_size <= len(split):
             raise ValueError(f'batch of {batch_size} must be in [1, {len(split)}] '
                              f'(the training records)')
         order = _EpochOrder(split, batch_size, seed)
-        return (grain.MapDataset.range(sys.maxsize)
-                .map(order)
-                .random_map(_TrainExample(self._prep, split, crop), seed=_seed(seed))
-                .batch(batch_size, drop_remainder=True))
+        ds = (grain.MapDataset.range(sys.maxsize)
+              .map(order)
+              .random_map(_TrainExample(self._prep, split, crop), seed=_seed(seed))
+              .batch(batch_size, drop_remainder=True))
+        return ds.map_with_index(LeadDropout(lead_dropout, seed)) if lead_dropout else ds
 
-    def train_batches(self, *, batch_size: int, crop: int, seed: int,
-                      start_step: int = 0, num_threads: int = 2) -> Iterator[dict]:
+    def train_batches(self, *, batch_size: int, crop: int, seed: int, start_step: int = 0,
+                      num_threads: int = 2, lead_dropout: float = 0.0) -> Iterator[dict]:
         """Training batches from `start_step` on, prepared ahead in threads.
 
         Yields:
           {'signal': (B, crop, 12) float32, 'target': (B, C) float32}.
         """
-        ds = self.train_dataset(batch_size=batch_size, crop=crop, seed=seed)[int(start_step):]
+        ds = self.train_dataset(batch_size=batch_size, crop=crop, seed=seed,
+                                lead_dropout=lead_dropout)[int(start_step):]
         return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                          prefetch_buffer_size=4)))
 

@@ -60,6 +60,10 @@ class AssumedLeadOrderWarning(UserWarning):
     """An array file did not name its leads; the canonical order was assumed."""
 
 
+# Plausible ECG sampling rates (Hz); the CLI's --fs takes the same range.
+FS_RANGE = (50.0, 20000.0)
+
+
 class RecordReadError(ValueError):
     """A file could not be read as an ECG record; the message names the file."""
 
@@ -206,6 +210,10 @@ def _check_signal(path: str, signal: np.ndarray, leads: Sequence[str], fs: float
         raise RecordReadError(path, 'unknown sampling rate: pass fs (CLI: --fs)')
     if not np.isfinite(fs) or fs <= 0:
         raise RecordReadError(path, f'invalid sampling rate {fs}')
+    if not FS_RANGE[0] <= fs <= FS_RANGE[1]:
+        # A stored rate like 1 Hz is a broken header, not an ECG to upsample.
+        raise RecordReadError(path, f'sampling rate {fs:g} Hz is not a plausible ECG rate '
+                                    f'({FS_RANGE[0]:g}-{FS_RANGE[1]:g} Hz)')
     if signal.ndim != 2 or signal.shape[0] == 0:
         raise RecordReadError(path, f'no samples (signal shape {signal.shape})')
     if signal.shape[1] != len(leads):

@@ -165,6 +165,43 @@ def _waves(rng: np.random.Generator, rhythm: str, morph: set, mean_rr: float,
     return offsets, sigmas, amps, dirs
 
 
+def _sum_waves(rng: np.random.Generator, beats: np.ndarray, offsets: np.ndarray,
+               sigmas: np.ndarray, amps: np.ndarray, dirs: np.ndarray, n: int,
+               fs: float) -> np.ndarray:
+    """The (n, 3) heart vector: every wave of every beat, summed."""
+    num_waves = len(offsets)
+    # Beat-to-beat amplitude modulation (breathing moves the heart vector).
+    beat_gain = 1.0 + 0.06 * np.sin(2 * np.pi * rng.uniform(0.15, 0.35) * beats
+                                    + rng.uniform(0, 2 * np.pi))
+    # Each (wave, beat) bump is evaluated only on a window of +-4 sigma, then
+    # scattered into the wave's trace with bincount: ~20x fewer exp() calls
+    # than evaluating every bump on the whole time axis.
+    half = int(math.ceil(4.0 * sigmas.max() * fs))
+    centres = beats[None, :] + offsets[:, None]  # (W, K) seconds
+    base = np.round(centres * fs).astype(np.int64)
+    idx = base[..., None] + np.arange(-half, half + 1)  # (W, K, L)
+    tt = idx / fs - centres[..., None]
+    bumps = (amps[:, None, None] * beat_gain[None, :, None]
+             * np.exp(-0.5 * (tt / sigmas[:, None, None]) ** 2))
+    inside = (idx >= 0) & (idx < n)
+    flat = (np.arange(num_waves)[:, None, None] * n + idx)[inside]
+    traces = np.bincount(flat, weights=bumps[inside],
+                         minlength=num_waves * n).reshape(num_waves, n)
+    return traces.T @ dirs
+
+
+def _add_noise_and_wander(rng: np.random.Generator, independent: np.ndarray,
+                          t: np.ndarray) -> None:
+    """Adds white noise and two slow baseline-wander sines per lead, in place."""
+    n = independent.shape[0]
+    independent += rng.normal(0.0, rng.uniform(0.005, 0.03), (n, 8))
+    freqs = rng.uniform(0.05, 0.5, (2, 8))
+    wander_amp = rng.uniform(0.0, 0.15, (2, 8))
+    phases = rng.uniform(0, 2 * np.pi, (2, 8))
+    for k in range(2):
+        independent += wander_amp[k] * np.sin(2 * np.pi * freqs[k] * t[:, None] + phases[k])
+
+
 def generate_record(seed: int, index: int, *, fs: float = 500.0,
                     duration_s: float | Tuple[float, float] = 10.0) -> dict:
     """One synthetic 12-lead ECG, a pure function of (seed, index).
@@ -199,25 +236,7 @@ def generate_record(seed: int, index: int, *, fs: float = 500.0,
     beats = _beat_times(rng, rhythm, heart_rate, duration)
     offsets, sigmas, amps, dirs = _waves(rng, rhythm, morph, 60.0 / heart_rate,
                                          rotation)
-    num_waves = len(offsets)
-    # Beat-to-beat amplitude modulation (breathing moves the heart vector).
-    beat_gain = 1.0 + 0.06 * np.sin(2 * np.pi * rng.uniform(0.15, 0.35) * beats
-                                    + rng.uniform(0, 2 * np.pi))
-    # Each (wave, beat) bump is evaluated only on a window of +-4 sigma, then
-    # scattered into the wave's trace with bincount: ~20x fewer exp() calls
-    # than evaluating every bump on the whole time axis.
-    half = int(math.ceil(4.0 * sigmas.max() * fs))
-    centres = beats[None, :] + offsets[:, None]  # (W, K) seconds
-    base = np.round(centres * fs).astype(np.int64)
-    idx = base[..., None] + np.arange(-half, half + 1)  # (W, K, L)
-    tt = idx / fs - centres[..., None]
-    bumps = (amps[:, None, None] * beat_gain[None, :, None]
-             * np.exp(-0.5 * (tt / sigmas[:, None, None]) ** 2))
-    inside = (idx >= 0) & (idx < n)
-    flat = (np.arange(num_waves)[:, None, None] * n + idx)[inside]
-    traces = np.bincount(flat, weights=bumps[inside],
-                         minlength=num_waves * n).reshape(num_waves, n)
-    heart = traces.T @ dirs  # (T, 3)
+    heart = _sum_waves(rng, beats, offsets, sigmas, amps, dirs, n, fs)  # (T, 3)
 
     t = np.arange(n) / fs
     if rhythm == 'AFIB':
@@ -228,12 +247,7 @@ def generate_record(seed: int, index: int, *, fs: float = 500.0,
 
     independent = heart @ _LEAD_MATRIX  # (T, 8): I, II, V1..V6
     # Noise per independent lead; derived limb leads inherit it exactly.
-    independent += rng.normal(0.0, rng.uniform(0.005, 0.03), (n, 8))
-    freqs = rng.uniform(0.05, 0.5, (2, 8))
-    wander_amp = rng.uniform(0.0, 0.15, (2, 8))
-    phases = rng.uniform(0, 2 * np.pi, (2, 8))
-    for k in range(2):
-        independent += wander_amp[k] * np.sin(2 * np.pi * freqs[k] * t[:, None] + phases[k])
+    _add_noise_and_wander(rng, independent, t)
 
     lead_i, lead_ii = independent[:, 0], independent[:, 1]
     iii, avr, avl, avf = derive_limb_leads(lead_i, lead_ii)

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 import jax
 
+from jepa_ecg.data.lead_subsets import parse_lead_subsets
 from jepa_ecg.data.sources import MIXTURES
 from jepa_ecg.models import DTYPES
 from jepa_ecg.models.classifier import HEADS
@@ -63,6 +64,17 @@ def check_batch_divides(config, field: str, num_devices: int | None = None) -> N
                           f'(e.g. {max(n, value - value % n)})')
 
 
+def check_lead_options(config) -> None:
+    """`data.lead_dropout` in [0, 1] and `eval_lead_subsets` parseable (when present)."""
+    rate = config.data.get('lead_dropout', 0.0)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        raise ConfigError(f'config.data.lead_dropout={rate!r}: must be a probability in [0, 1]')
+    try:
+        parse_lead_subsets(config.get('eval_lead_subsets') or '')
+    except ValueError as e:
+        raise ConfigError(f'config.eval_lead_subsets: {e}') from None
+
+
 def check_pretrain_config(config) -> None:
     """Validates a pre-training config (see experiments/configs/pretrain.py).
 
@@ -76,6 +88,7 @@ def check_pretrain_config(config) -> None:
     check_choice(config, 'data.mixture', MIXTURES)
     check_choice(config, 'dtype', DTYPES)
     check_batch_divides(config, 'global_batch_size')
+    check_lead_options(config)
     if config.global_batch_size % config.grad_accum_steps:
         raise ConfigError(f'config.global_batch_size={config.global_batch_size}: must be a '
                           f'multiple of config.grad_accum_steps={config.grad_accum_steps}')
@@ -95,6 +108,11 @@ def check_finetune_config(config) -> None:
                             'bootstrap.num_resamples'))
     check_non_negative(config, ('warmup_steps',))
     check_batch_divides(config, 'batch_size')
+    check_lead_options(config)
+    fraction = config.data.get('train_fraction', 1.0)
+    if not 0 < fraction <= 1:
+        raise ConfigError(f'config.data.train_fraction={fraction}: must be in (0, 1] '
+                          f'(the share of the train-fold labels used)')
     if config.head == 'register' and config.frozen:
         raise ConfigError('config.head=register with config.frozen=True: the register head '
                           'is for full fine-tuning; use head=attentive for a frozen encoder')

@@ -40,6 +40,7 @@ import numpy as np
 from absl import logging
 
 from jepa_ecg import sharding
+from jepa_ecg.data import label_fraction
 from jepa_ecg.data import ptbxl as data_lib
 from jepa_ecg.data.preprocess import LeadStats
 from jepa_ecg.ecg import transforms
@@ -226,7 +227,8 @@ def fit_with_validation(run: Run, workdir: str) -> FitResult:
     history: list[dict] = []
     best_auc, best_step, best_val = -math.inf, 0, None
     state, step, stopped_early = run.state, 0, False
-    batches = run.task.train_batches(batch_size=config.batch_size, crop=run.crop, seed=run.seed)
+    batches = run.task.train_batches(batch_size=config.batch_size, crop=run.crop, seed=run.seed,
+                                     lead_dropout=config.data.get('lead_dropout', 0.0))
     try:
         while step < total:
             batch = {k: v[lo:lo + local] for k, v in next(batches).items()}
@@ -315,6 +317,23 @@ def _write_outputs(workdir: str, results: dict, task: data_lib.PtbxlTask, val: S
         plots_lib.plot_run(workdir, results, t.targets, test.probabilities)
 
 
+def _score_lead_subsets(run: Run, params: Any, workdir: str) -> dict:
+    """Test macro AUC per `config.eval_lead_subsets` subset (+ its plot)."""
+    # matplotlib is only needed when scoring subsets.
+    from jepa_ecg.evaluation import lead_subsets  # pylint: disable=g-import-not-at-top
+    config = run.config
+    table = lead_subsets.evaluate_lead_subsets(
+        run.evaluator, params, config.eval_lead_subsets,
+        num_resamples=config.bootstrap.num_resamples, confidence=config.bootstrap.confidence,
+        seed=run.seed)
+    logging.info('%s test macro AUC per lead subset:\n%s', run.tag,
+                 lead_subsets.format_table(table))
+    if config.plots and jax.process_index() == 0:
+        lead_subsets.plot_lead_subsets({run.tag: table}, os.path.join(
+            workdir, lead_subsets.LEAD_SUBSETS_PNG), title=f'{run.tag} lead subsets')
+    return table
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        encoder: EncoderArg, task: str, seed_index: int = 0,
                        task_data: data_lib.PtbxlTask | None = None) -> dict:
@@ -338,6 +357,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     source = _resolver(encoder)(task, seed_index)
     if task_data is None:
         task_data = load_task_data(config, task, source.config.fs)
+    task_data = label_fraction.with_train_fraction(
+        task_data, float(config.data.get('train_fraction', 1.0)), seed)
     os.makedirs(workdir, exist_ok=True)
     run = build_run(config, task_data, source, seed)
     logging.info('%s on %s (%s): %d train / %d val / %d test records, %d classes, '
@@ -348,6 +369,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     best_params = checkpoint.restore_best(workdir, target=fit.state.params)
     test = run.evaluator.evaluate(best_params, 'test')
     results = _results(run, fit, test, source)
+    results['train_subset'] = label_fraction.describe(task_data)
+    if config.get('eval_lead_subsets'):
+        results['lead_subsets'] = _score_lead_subsets(run, best_params, workdir)
     results['minutes'] = (time.time() - t_start) / 60
     _write_outputs(workdir, results, task_data, fit.best_val, test, config.plots)
     t = results['test']

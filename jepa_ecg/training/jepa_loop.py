@@ -61,7 +61,8 @@ def make_input_iterator(config: ml_collections.ConfigDict, cfg: ModelConfig,
         min_block_size=config.data.min_block_size, keep_bucket=config.data.keep_bucket,
         seed=config.seed, start_step=start_step, process_index=jax.process_index(),
         process_count=jax.process_count(), num_threads=config.data.get('num_threads'),
-        worker_count=config.data.get('worker_count', 0), prefetch=config.data.get('prefetch', 2))
+        worker_count=config.data.get('worker_count', 0), prefetch=config.data.get('prefetch', 2),
+        lead_dropout=config.data.get('lead_dropout', 0.0))
 
 
 def _restore_or_init(config: ml_collections.ConfigDict, cfg: ModelConfig, tx, mesh,
@@ -143,8 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     finally:
         if hasattr(source_iter, 'close'):
             source_iter.close()
-        manager.wait_until_finished()
-        manager.close()
+        checkpoint.close(manager)  # waits for the last save and writes its digests
         writer.close()
     elapsed = time.time() - t_start
     return {'step': step, 'last': last, 'seconds': elapsed,
@@ -154,17 +154,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def _train(config: ml_collections.ConfigDict, cfg: ModelConfig, state, start_step: int,
            train_step, it: Iterator[dict], manager, writer: MetricsWriter
            ) -> tuple[int, dict[str, float]]:
-    """Steps from `start_step` to `config.total_steps`; logs and checkpoints on the way."""
+    """Steps from `start_step` to `config.total_steps`; logs and checkpoints on the way.
+
+    `config.stop_at_step` (optional) stops earlier with a checkpoint there while
+    the schedules keep their `total_steps` horizon: a later call resumes exactly
+    (the learning curve keeps the encoder at several budgets of one run this way).
+    """
     total = config.total_steps
+    stop = min(total, int(config.get('stop_at_step') or total))
     meta_base = {'model': cfg.to_dict(), 'seed': config.seed,
                  'global_batch_size': config.global_batch_size}
     t_last, step_last = time.time(), start_step
     last: dict[str, float] = {}
     step = start_step
-    while step < total:
+    while step < stop:
         state, metrics = train_step(state, next(it))
         step += 1
-        due_save = manager.should_save(step) or step == total
+        due_save = manager.should_save(step) or step == stop
         if due_save and step % config.log_every:
             # Never write a non-finite state into a checkpoint.
             loss = float(metrics['loss'])
@@ -172,7 +178,7 @@ def _train(config: ml_collections.ConfigDict, cfg: ModelConfig, state, start_ste
                 raise NonFiniteLossError(
                     f'non-finite loss {loss} at step {step}; the last good checkpoint '
                     f'is in {manager.directory}')
-        if step % config.log_every == 0 or step == total:
+        if step % config.log_every == 0 or step == stop:
             scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if config.rank_every <= 0 or step % config.rank_every:
                 scalars.pop('target_rank', None)
@@ -186,7 +192,7 @@ def _train(config: ml_collections.ConfigDict, cfg: ModelConfig, state, start_ste
             t_last, step_last, last = now, step, scalars
         if due_save:
             checkpoint.save(manager, step, state, {**meta_base, 'step': step, 'data_step': step},
-                            force=step == total)
+                            force=step == stop)
     return step, last
 
 

@@ -1,0 +1,79 @@
+"""Figures of what pre-training buys: the learning curve and label efficiency."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_learning_curve(curve: Mapping, path: str) -> str:
+    """Test macro AUC (95 % CI) vs records seen, the random band, the paired differences.
+
+    Args:
+      curve: curve.json of experiments/learning_curve.py.
+      path: PNG to write.
+
+    Returns:
+      path.
+    """
+    pts, band = curve['points'], curve['random']
+    x = [p['records_seen'] for p in pts]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 6.5), sharex=True,
+                                      gridspec_kw={'height_ratios': [3, 2]})
+    top.axhspan(band['min'], band['max'], color='tab:gray', alpha=0.3,
+                label=f'random init, {len(band["runs"])} seeds (min-max)')
+    top.axhline(band['mean'], color='tab:gray', lw=1)
+    auc = [p['test_macro_auc'] for p in pts]
+    err = [[a - p['ci'][0] for a, p in zip(auc, pts)], [p['ci'][1] - a for a, p in zip(auc, pts)]]
+    top.errorbar(x, auc, yerr=err, marker='o', capsize=3, color='tab:blue',
+                 label='JEPA pre-trained (95% CI)')
+    top.set_ylabel('test macro AUC (linear)')
+    top.set_title(f'{curve["task"]}: ViT-{curve["variant"]} at {curve["fs"]:g} Hz, '
+                  f'batch {curve["batch"]}')
+    top.legend(fontsize=8, loc='lower right')
+    for k in range(len(band['runs'])):
+        d = [p['paired'][k]['diff'] for p in pts]
+        e = [[v - p['paired'][k]['ci_low'] for v, p in zip(d, pts)],
+             [p['paired'][k]['ci_high'] - v for v, p in zip(d, pts)]]
+        bottom.errorbar([v * (1 + 0.04 * k) for v in x], d, yerr=e, marker='.', capsize=2,
+                        label=f'vs random seed {band["runs"][k]["seed"]}')
+    bottom.axhline(0.0, color='black', lw=0.8)
+    bottom.set_ylabel('paired AUC difference')
+    bottom.set_xlabel('records seen in pre-training')
+    bottom.set_xscale('log')
+    bottom.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_label_efficiency(table: Mapping, path: str) -> str:
+    """Test macro AUC (mean over seeds, min-max bars) vs train fraction, per encoder.
+
+    Args:
+      table: label_efficiency.json of experiments/label_efficiency.py.
+      path: PNG to write.
+
+    Returns:
+      path.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, rows in table['encoders'].items():
+        x = [r['fraction'] * 100 for r in rows]
+        m = [r['mean'] for r in rows]
+        err = [[a - r['min'] for a, r in zip(m, rows)], [r['max'] - a for a, r in zip(m, rows)]]
+        ax.errorbar(x, m, yerr=err, marker='o', capsize=3, label=name)
+    ax.set_xscale('log')
+    ax.set_xlabel('% of train-fold labels')
+    ax.set_ylabel('test macro AUC')
+    ax.set_title(f'{table["task"]}: label efficiency ({table["protocol"]})')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

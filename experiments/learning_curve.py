@@ -1,0 +1,177 @@
+r"""What pre-training buys: test macro AUC of the linear protocol vs records seen.
+
+  python -m experiments.learning_curve \
+      --config=experiments/configs/learning_curve.py:cpu \
+      --config.manual_dir=/path/to/ptb-xl --config.data_dir=runs/tfds --workdir=runs/curve
+
+One ECG-JEPA pre-training run (100 Hz, the PTB-XL train folds present) is
+stopped at a geometric series of budgets (its schedules keep the full
+horizon, so stopping and resuming changes nothing); at each budget the
+linear protocol is run on its target encoder. Random-init encoders of the
+same variant, several seeds, give the band to beat. Every pre-trained run
+is compared with every random one on the same test records (paired
+bootstrap of the macro-AUC difference). Writes `<workdir>/curve.json`,
+`<workdir>/learning_curve.png`, the pre-training run in `pretrain/`, the
+linear runs in `budget<steps>/` and `random/`. Re-running resumes: budgets
+already scored are read back.
+"""
+
+import json
+import os
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from experiments import compare, console, curve_plots  # noqa: E402
+from experiments.configs.learning_curve import budget_steps  # noqa: E402
+from jepa_ecg import sharding  # noqa: E402
+from jepa_ecg.inference import resolve, runs  # noqa: E402
+from jepa_ecg.training import finetune_loop, jepa_loop  # noqa: E402
+from jepa_ecg.training.checkpoint import METRICS_FILE  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+CURVE_FILE = 'curve.json'
+CURVE_PNG = 'learning_curve.png'
+
+
+def _share_data_dirs(config) -> None:
+    for sub in (config.pretrain, config.linear):
+        sub.data.data_dir = config.data_dir
+        sub.data.manual_dir = config.manual_dir
+
+
+def _run_summary(run_dir: str) -> dict:
+    with open(os.path.join(run_dir, 'results.json')) as f:
+        r = json.load(f)
+    return {'test_macro_auc': r['test']['macro_auc'], 'ci': r['test']['macro_auc_ci'],
+            'best_val_auc': r['best_val_auc'], 'seed': r['seed'], 'run': run_dir}
+
+
+def random_band(config, workdir: str) -> dict:
+    """Linear protocol on `config.random_seeds` random-init encoders (their own seeds)."""
+    out = os.path.join(workdir, 'random')
+    runs = [os.path.join(out, config.task, f'seed{k}') for k in range(config.random_seeds)]
+    if not all(os.path.exists(os.path.join(r, 'results.json')) for r in runs):
+        spec = f'random:{config.pretrain.model.variant}'
+        finetune_loop.run_all(config.linear, out, tasks=[config.task],
+                              encoder=resolve.make_resolver(spec, config.linear),
+                              num_seeds=config.random_seeds)
+    rows = [_run_summary(r) for r in runs]
+    aucs = [r['test_macro_auc'] for r in rows]
+    return {'runs': rows, 'mean': float(np.mean(aucs)), 'std': float(np.std(aucs)),
+            'min': float(np.min(aucs)), 'max': float(np.max(aucs))}
+
+
+def pretrain_to(config, pre_dir: str, step: int) -> float:
+    """Pre-trains (resuming) up to `step`; returns the last logged loss there."""
+    with config.pretrain.unlocked():
+        config.pretrain.stop_at_step = step
+    jepa_loop.train_and_evaluate(config.pretrain, pre_dir)
+    loss = float('nan')
+    with open(os.path.join(pre_dir, METRICS_FILE)) as f:
+        for line in f:
+            row = json.loads(line)
+            if row.get('step', 0) <= step and 'loss' in row:
+                loss = row['loss']
+    return loss
+
+
+def linear_at(config, pre_dir: str, step: int, workdir: str) -> str:
+    """The linear protocol on the target encoder of checkpoint `step`; its run folder."""
+    out = os.path.join(workdir, f'budget{step}')
+    run = os.path.join(out, config.task, 'seed0')
+    if not os.path.exists(os.path.join(run, 'results.json')):
+        enc = runs.encoder_from_workdir(pre_dir, step=step)
+        source = finetune_loop.EncoderSource(
+            enc.config, enc.params, lead_stats=enc.lead_stats, spec=f'{pre_dir}@{step}',
+            description=f'JEPA target encoder at step {step} of {os.path.abspath(pre_dir)}')
+        finetune_loop.run_all(config.linear, out, encoder=source, tasks=[config.task])
+    return run
+
+
+def paired_vs_random(run: str, band: dict, config) -> list:
+    """Paired bootstrap of the pre-trained run against each random-init run."""
+    boot = config.linear.bootstrap
+    out = []
+    for r in band['runs']:
+        res = compare.compare(compare.load_predictions(run), compare.load_predictions(r['run']),
+                              num_resamples=boot.num_resamples, confidence=boot.confidence,
+                              seed=0)
+        out.append({'random_seed': r['seed'], 'diff': res['diff'], 'ci_low': res['ci_low'],
+                    'ci_high': res['ci_high'], 'p_value': res['p_value']})
+    return out
+
+
+def first_win(points: list) -> dict | None:
+    """The smallest budget whose paired CI is above zero against every random seed."""
+    for p in points:
+        if all(d['ci_low'] > 0 for d in p['paired']):
+            return {'step': p['step'], 'records_seen': p['records_seen']}
+    return None
+
+
+def run_curve(config, workdir: str) -> dict:
+    """Pre-trains through every budget, scores each and the random band; writes curve.json."""
+    t0 = time.time()
+    _share_data_dirs(config)
+    os.makedirs(workdir, exist_ok=True)
+    pre_dir = os.path.join(workdir, 'pretrain')
+    batch = int(config.pretrain.global_batch_size)
+    band = random_band(config, workdir)
+    logging.info('random band: %.4f-%.4f', band['min'], band['max'])
+    curve = {'task': config.task, 'variant': config.pretrain.model.variant,
+             'fs': config.pretrain.model.fs, 'batch': batch,
+             'pretrain_total_steps': int(config.pretrain.total_steps),
+             'linear_steps': int(config.linear.total_steps), 'random': band, 'points': []}
+    for step in budget_steps(config):
+        loss = pretrain_to(config, pre_dir, step)
+        run = linear_at(config, pre_dir, step, workdir)
+        point = {'step': step, 'records_seen': step * batch, 'pretrain_loss': loss,
+                 **_run_summary(run)}
+        point['paired'] = paired_vs_random(run, band, config)
+        curve['points'].append(point)
+        p0 = point['paired'][0]
+        print(f'{step * batch:>7d} records seen: test macro AUC {point["test_macro_auc"]:.4f} '
+              f'[{point["ci"][0]:.4f}, {point["ci"][1]:.4f}]; vs random seed 0 '
+              f'{p0["diff"]:+.4f} [{p0["ci_low"]:+.4f}, {p0["ci_high"]:+.4f}]', flush=True)
+        curve['first_budget_beating_random'] = first_win(curve['points'])
+        curve['minutes'] = (time.time() - t0) / 60
+        with open(os.path.join(workdir, CURVE_FILE), 'w') as f:
+            json.dump(curve, f, indent=2)
+    if config.plots:
+        curve_plots.plot_learning_curve(curve, os.path.join(workdir, CURVE_PNG))
+    return curve
+
+
+def print_curve(curve: dict) -> None:
+    band = curve['random']
+    print(f'random init ({len(band["runs"])} seeds): test macro AUC {band["mean"]:.4f} '
+          f'(min {band["min"]:.4f}, max {band["max"]:.4f})')
+    win = curve.get('first_budget_beating_random')
+    print('pre-training beats every random seed (paired 95% CI > 0) from '
+          + (f'{win["records_seen"]} records seen (step {win["step"]})' if win
+             else 'no budget run here'))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError('Too many command-line arguments.', exitcode=2)
+    console.quiet_library_logs()
+    sharding.hide_accelerators_from_tensorflow()
+    curve = run_curve(FLAGS.config, FLAGS.workdir)
+    print_curve(curve)
+    print(f'curve: {os.path.join(FLAGS.workdir, CURVE_FILE)}')
+
+
+if __name__ == '__main__':
+    # Defined only when run: experiments/demo.py imports run_curve.
+    config_flags.DEFINE_config_file('config', None, 'Learning-curve config file.',
+                                    lock_config=True)
+    flags.DEFINE_string('workdir', None, 'Output folder.')
+    flags.mark_flags_as_required(['config', 'workdir'])
+    app.run(main)
