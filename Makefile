@@ -9,10 +9,13 @@ export PTBXL_DIR
 
 .PHONY: venv test test-all demo bench clean
 
-$(STAMP): setup.py
+# torch is for the tests that check one training step against PyTorch;
+# 2.13.0 is pinned because that release has a CPU-only wheel on these
+# machines (a bare `torch` resolves to a multi-GB CUDA build).
+$(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,torch]' 'torch==2.13.0'
 	touch $(STAMP)
 
 venv: $(STAMP)

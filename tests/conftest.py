@@ -44,3 +44,19 @@ def ptbxl_tfds_dir(ptbxl_dir, tmp_path_factory) -> pathlib.Path:
   data_dir = tmp_path_factory.mktemp('ptbxl_tfds')
   build.build_dataset('ptb_xl/records100', str(data_dir), manual_dir=str(ptbxl_dir))
   return data_dir
+
+
+@pytest.fixture(scope='session')
+def tiny_jepa():
+    """(cfg, params, signal, masks): a 'tiny' ViT at 100 Hz, its initial
+    encoder/predictor params, 4 random 10 s records and their block masks."""
+    import jax  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.data.masking import sample_batch_masks  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.models import model_config  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.training import jepa_step  # pylint: disable=g-import-not-at-top
+    cfg = model_config('tiny', fs=100)
+    params = jepa_step.init_params(jax.random.PRNGKey(0), cfg)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, cfg.window_samples, 12)).astype(np.float32)
+    return cfg, params, x, sample_batch_masks(rng, 4, cfg.num_patches)

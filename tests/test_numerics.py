@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 
 from jepa_ecg.training import jepa_step as jepa
-from jepa_ecg.data.masking import sample_batch_masks
-from jepa_ecg.models import build_encoder, build_predictor, layers, model_config
+from jepa_ecg.models import build_encoder, build_predictor, layers
 from jepa_ecg.models.layers import layer_norm, sincos_pos_embed, trunc_normal
 
 
@@ -61,9 +60,9 @@ class RefBlock(nn.Module):
     @nn.compact
     def __call__(self, x, key_valid=None):
         res_std = 0.02 / math.sqrt(2 * self.residual_depth)
-        h = layer_norm(False, 1e-6, self.dtype, 'norm1')(x)
+        h = layer_norm(False, 1e-6, 'norm1')(x)
         x = x + RefAttention(self.dim, self.num_heads, res_std, self.dtype, name='attn')(h, key_valid)
-        h = layer_norm(False, 1e-6, self.dtype, 'norm2')(x)
+        h = layer_norm(False, 1e-6, 'norm2')(x)
         h = nn.Dense(4 * self.dim, use_bias=False, dtype=self.dtype,
                      kernel_init=trunc_normal(0.02), name='fc1')(h)
         h = jax.nn.gelu(h, approximate=False)
@@ -96,7 +95,7 @@ class RefEncoder(nn.Module):
         for i in range(c.depth):
             tokens = RefBlock(c.dim, c.num_heads, c.depth, self.dtype, name=f'blocks_{i}')(
                 tokens, key_valid)
-        tokens = layer_norm(False, 1e-6, self.dtype, 'norm')(tokens)
+        tokens = layer_norm(False, 1e-6, 'norm')(tokens)
         return tokens[:, c.num_registers:]
 
 
@@ -119,7 +118,7 @@ class RefPredictor(nn.Module):
         for i in range(c.pred_depth):
             tokens = RefBlock(c.pred_dim, c.pred_num_heads, c.depth, self.dtype,
                               name=f'blocks_{i}')(tokens)
-        tokens = layer_norm(False, 1e-6, self.dtype, 'norm')(tokens)
+        tokens = layer_norm(False, 1e-6, 'norm')(tokens)
         return nn.Dense(c.dim, use_bias=False, dtype=self.dtype, name='proj')(tokens)
 
 
@@ -155,6 +154,23 @@ def test_gelu_matches_jax_exact_gelu_values_and_gradients():
     assert layers.gelu_exact(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
 
 
+def test_layer_norm_matches_flax_values_and_gradients():
+    """layers.LayerNorm (two-pass statistics, written-out backward) equals flax's."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 16)) * 3 + 1
+    for bias in (False, True):
+        ours = layers.LayerNorm(epsilon=1e-6, use_bias=bias)
+        ref = nn.LayerNorm(epsilon=1e-6, use_bias=bias)
+        p = ref.init(jax.random.PRNGKey(1), x)['params']
+        p = jax.tree_util.tree_map(lambda a: a + jax.random.normal(jax.random.PRNGKey(2), a.shape),
+                                   p)
+        assert jax.tree_util.tree_structure(p) == jax.tree_util.tree_structure(
+            ours.init(jax.random.PRNGKey(1), x)['params'])
+        f = lambda mod: lambda p, x: jnp.sum(jnp.sin(mod.apply({'params': p}, x)))
+        close(ours.apply({'params': p}, x), ref.apply({'params': p}, x))
+        close(jax.grad(f(ours), argnums=(0, 1))(p, x), jax.grad(f(ref), argnums=(0, 1))(p, x),
+              rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize('masked', [False, True])
 def test_attention_matches_reference(masked):
     dim, heads, b, n = 48, 4, 3, 17
@@ -180,17 +196,8 @@ def test_multihead_attention_matches_reference():
     close(layers.multihead_attention(q, k, v, mask), ref_attention(q, k, v, mask))
 
 
-def _tiny():
-    cfg = model_config('tiny', fs=100)
-    params = jepa.init_params(jax.random.PRNGKey(0), cfg)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((4, cfg.window_samples, 12)).astype(np.float32)
-    masks = sample_batch_masks(rng, 4, cfg.num_patches)
-    return cfg, params, x, masks
-
-
-def test_encoder_matches_reference_full_and_masked():
-    cfg, params, x, m = _tiny()
+def test_encoder_matches_reference_full_and_masked(tiny_jepa):
+    cfg, params, x, m = tiny_jepa
     enc, ref = build_encoder(cfg), RefEncoder(cfg)
     p, p_ref = params['encoder'], to_ref(params['encoder'])
     close(enc.apply({'params': p}, x), ref.apply({'params': p_ref}, x))
@@ -201,9 +208,9 @@ def test_encoder_matches_reference_full_and_masked():
     close(ours * valid, theirs * valid)
 
 
-def test_loss_and_gradients_match_reference():
+def test_loss_and_gradients_match_reference(tiny_jepa):
     """The whole JEPA objective: target, context encoder, predictor, masked L1."""
-    cfg, params, x, m = _tiny()
+    cfg, params, x, m = tiny_jepa
     enc, pred = build_encoder(cfg), build_predictor(cfg)
     renc, rpred = RefEncoder(cfg), RefPredictor(cfg)
     target_params = jax.tree_util.tree_map(lambda a: a * 1.01, params['encoder'])
@@ -223,10 +230,10 @@ def test_loss_and_gradients_match_reference():
     close(to_ref(g), g_ref, rtol=1e-4, atol=1e-6)
 
 
-def test_bfloat16_forward_tracks_float32_reference():
-    cfg, params, x, m = _tiny()
+def test_bfloat16_forward_tracks_float32_reference(tiny_jepa):
+    cfg, params, x, m = tiny_jepa
     ours = build_encoder(cfg, dtype='bfloat16').apply({'params': params['encoder']}, x)
     ref = RefEncoder(cfg).apply({'params': to_ref(params['encoder'])}, x)
-    assert ours.dtype == jnp.bfloat16
+    assert ours.dtype == jnp.float32  # bf16 matmul inputs, float32 LayerNorm output (autocast)
     err = np.abs(np.asarray(ours, np.float32) - np.asarray(ref))
     assert err.mean() < 0.02 and np.isfinite(err).all()

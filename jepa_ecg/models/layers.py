@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional
 
@@ -45,26 +46,89 @@ _SQRT_HALF = float(np.sqrt(0.5))
 _INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
 
 
-@jax.custom_jvp
+def _gelu_cdf_pdf(x):
+    cdf = 0.5 + 0.5 * jax.lax.erf(x * jnp.asarray(_SQRT_HALF, x.dtype))
+    pdf = jnp.exp(-0.5 * x * x) * jnp.asarray(_INV_SQRT_2PI, x.dtype)
+    return cdf, pdf
+
+
+@jax.custom_vjp
 def gelu_exact(x):
     """Exact (erf) GELU, x * Phi(x), as torch.nn.GELU() computes it.
 
     Written with `erf` rather than jax.nn.gelu's `erfc`, which XLA:CPU
-    expands into a branchy select chain, and with a hand-written derivative
-    Phi(x) + x * phi(x) so the backward pass is one fused elementwise
-    product instead of a re-derivation through erfc (see
-    experiments/benchmark.py; equal to jax.nn.gelu(approximate=False) to
-    float32 rounding, checked in tests/test_numerics.py).
+    expands into a branchy select chain. The backward pass keeps only the
+    input and recomputes Phi(x) + x * phi(x) where it multiplies it into
+    the incoming gradient; differentiating the formula instead stores Phi
+    and phi as extra activation-sized tensors with passes of their own. Equal to jax.nn.gelu(approximate=False) to
+    float32 rounding, values and gradients (tests/test_numerics.py).
     """
-    return x * (0.5 + 0.5 * jax.lax.erf(x * jnp.asarray(_SQRT_HALF, x.dtype)))
+    return x * _gelu_cdf_pdf(x)[0]
 
 
-@gelu_exact.defjvp
-def _gelu_exact_jvp(primals, tangents):
-    (x,), (t,) = primals, tangents
-    cdf = 0.5 + 0.5 * jax.lax.erf(x * jnp.asarray(_SQRT_HALF, x.dtype))
-    pdf = jnp.exp(-0.5 * x * x) * jnp.asarray(_INV_SQRT_2PI, x.dtype)
-    return x * cdf, t * (cdf + x * pdf)
+def _gelu_exact_fwd(x):
+    return gelu_exact(x), x
+
+
+def _gelu_exact_bwd(x, g):
+    cdf, pdf = _gelu_cdf_pdf(x)
+    return (g * (cdf + x * pdf),)
+
+
+gelu_exact.defvjp(_gelu_exact_fwd, _gelu_exact_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x, scale, bias, eps):
+    return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    mean = x.mean(axis=-1, keepdims=True)
+    xc = x - mean
+    rstd = jax.lax.rsqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    y = xc * rstd * scale
+    if bias is not None:
+        y = y + bias
+    return y, (x, mean, rstd, scale, bias)
+
+
+def _layer_norm_bwd(eps, res, g):
+    del eps
+    x, mean, rstd, scale, bias = res
+    xhat = (x - mean) * rstd
+    reduce = tuple(range(g.ndim - 1))
+    d_scale = (g * xhat).sum(axis=reduce)
+    d_bias = None if bias is None else g.sum(axis=reduce)
+    gs = g * scale
+    dx = rstd * (gs - gs.mean(axis=-1, keepdims=True)
+                 - xhat * (gs * xhat).mean(axis=-1, keepdims=True))
+    return dx, d_scale, d_bias
+
+
+_layer_norm.defvjp(lambda x, scale, bias, eps: _layer_norm_fwd(x, scale, bias, eps),
+                   _layer_norm_bwd)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis, float32 statistics and output.
+
+    Same params as flax's nn.LayerNorm ('scale', optional 'bias'). Mean and
+    variance are taken in two passes ((x - mean)^2, not E[x^2] - E[x]^2),
+    and the backward pass is written out (x, mean and 1/std are its only
+    residuals), which lets XLA fuse each direction into a couple of passes
+    over the activations instead of the chain autodiff leaves.
+    """
+    epsilon: float = 1e-6
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        scale = self.param('scale', nn.initializers.ones_init(), (d,), jnp.float32)
+        bias = (self.param('bias', nn.initializers.zeros_init(), (d,), jnp.float32)
+                if self.use_bias else None)
+        return _layer_norm(x.astype(jnp.float32), scale, bias, self.epsilon)
 
 
 def attention_scores_mask(key_valid: Optional[jax.Array]) -> Optional[jax.Array]:
@@ -74,25 +138,91 @@ def attention_scores_mask(key_valid: Optional[jax.Array]) -> Optional[jax.Array]
     return key_valid[:, None, None, :]
 
 
+@jax.custom_vjp
+def _matmul(x, w):
+    """x (n, in) @ w (in, out); the backward pass picks XLA:CPU's fast operand order."""
+    return jnp.dot(x, w)
+
+
+def _matmul_fwd(x, w):
+    return jnp.dot(x, w), (x, w)
+
+
+def _matmul_bwd(res, g):
+    x, w = res
+    dx = jnp.dot(g, w.T)
+    if w.shape[0] > w.shape[1]:
+        # The kernel gradient x^T g contracts over all n tokens; XLA:CPU's
+        # GEMM runs that form ~1.4x faster with the narrower side as the
+        # left operand, so a widening-to-narrowing layer (fc2) computes
+        # (g^T x)^T. The barrier stops XLA from canonicalising it back; the
+        # transpose is of the small (out, in) result.
+        dw = jax.lax.optimization_barrier(jnp.dot(g.T, x)).T
+    else:
+        dw = jnp.dot(x.T, g)
+    return dx, dw
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def dense(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None,
+          dtype: Dtype = jnp.float32) -> jax.Array:
+    """`x (..., in) @ kernel (in, out) [+ bias]` as ONE 2-D matmul in `dtype`.
+
+    The leading axes are flattened first. Contracting a (B, L, in) input
+    with a 3-D dot_general makes the kernel gradient a contraction over two
+    axes (B and L); XLA:CPU canonicalises that dot by physically
+    transposing the (B, L, out) output gradient (fused into the producer
+    of that gradient, e.g. the GELU derivative) into an (out, B * L)
+    buffer. That transposing loop reads with a stride of `out` floats and
+    is bound by TLB and cache misses, so its cost swings with the
+    machine's cache/TLB sizes, huge-page setting and co-tenants. On
+    (B * L, in) the kernel gradient is a plain `x^T @ g`, which the matmul
+    libraries take without any copy. Output dtype is `dtype` (what autocast
+    gives a Linear).
+    """
+    lead = x.shape[:-1]
+    y = _matmul(x.reshape(-1, x.shape[-1]).astype(dtype), kernel.astype(dtype))
+    if bias is not None:
+        y = y + bias.astype(dtype)
+    return y.reshape(*lead, kernel.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _cotangent_as(x, dtype):
+    """Identity whose backward pass casts the cotangent to `dtype`."""
+    return x
+
+
+_cotangent_as.defvjp(lambda x, dtype: (x, None), lambda dtype, _, g: (g.astype(dtype),))
+
+
+def _f32_product(subscripts, a, b):
+    """einsum of (possibly bf16) operands accumulated and returned in float32;
+    its backward products take operands in the operands' dtype, like autocast."""
+    out = jnp.einsum(subscripts, a, b, preferred_element_type=jnp.float32)
+    return out if a.dtype == jnp.float32 else _cotangent_as(out, a.dtype)
+
+
 def softmax_attention(q, k, v, mask=None):
     """Softmax attention on head-major (B, H, L, Dh) tensors, q already scaled.
 
     The softmax normalisation is applied after the value product:
     (exp(s - max) @ v) / sum(exp(s - max)) equals softmax(s) @ v but divides
     the (B, H, Lq, Dh) output instead of the (B, H, Lq, Lk) weights, saving a
-    full pass over the attention matrix forward and backward. Exponentials,
-    sums and the division run in float32 even under bf16 compute.
+    full pass over the attention matrix forward and backward. The logits,
+    exponentials, sums and the division are float32 even when q, k, v are
+    bfloat16 (the matmul inputs); the output has v's dtype.
     `mask` (True = attend) broadcasts to (B, H, Lq, Lk).
     """
-    logits = jnp.einsum('bhqd,bhkd->bhqk', q, k)
+    logits = _f32_product('bhqd,bhkd->bhqk', q, k)
     if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-    logits = logits.astype(jnp.float32)
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     # The max only stabilises the exponent; its gradient cancels exactly.
     weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
     norm = weights.sum(axis=-1, keepdims=True)
-    out = jnp.einsum('bhqk,bhkd->bhqd', weights.astype(v.dtype), v,
-                     preferred_element_type=jnp.float32)
+    out = _f32_product('bhqk,bhkd->bhqd', weights.astype(v.dtype), v)
     return (out / norm).astype(v.dtype)
 
 
@@ -110,8 +240,7 @@ class DenseParams(nn.Module):
 
     Same names ('kernel' (in, features), optional 'bias'), shapes, float32
     storage and initialisers, so checkpoints and the torch importer see the
-    same tree; the caller applies them in whatever contraction order is
-    fastest (e.g. straight into head-major q, k, v).
+    same tree; the caller applies them (see `dense`).
     """
     features: int
     use_bias: bool = False
@@ -126,18 +255,38 @@ class DenseParams(nn.Module):
         return kernel, bias
 
 
+class Dense(nn.Module):
+    """`nn.Dense` with the same params, applied as one 2-D matmul (see `dense`).
+
+    Params are float32; inputs and kernel are cast to `dtype` and the
+    output is in `dtype`.
+    """
+    features: int
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        bias = (self.param('bias', self.bias_init, (self.features,), jnp.float32)
+                if self.use_bias else None)
+        return dense(x, kernel, bias, self.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention; qkv has its own bias switch (off in ECG-JEPA).
 
     Parameters are those of Dense layers 'qkv' (dim -> 3 * dim, columns
     ordered [q|k|v] x heads x head_dim) and 'proj' (dim -> dim). The
-    projections contract straight into head-major (B, H, L, Dh) q, k, v and
-    back, one einsum each, instead of one (B, L, 3 * dim) matmul followed by
-    reshapes, slices and transposes (whose backward pads, sums and
-    re-transposes activations). Together with the deferred softmax
-    normalisation this cut the CPU train step's time by ~20% (see
-    experiments/benchmark.py); tests/test_numerics.py checks it against the
-    plain formulation.
+    projections are 2-D matmuls over all B * L tokens (see `dense`): q, k
+    and v each from its third of the kernel (cheaper on XLA:CPU than one
+    (B * L, 3 * dim) product sliced afterwards), each moved to head-major
+    (B, H, L, Dh) for the attention products, and the output moved back to
+    (B * L, dim), one small copy each, as the official code does. The
+    1/sqrt(Dh) scale is folded into the q columns of the kernel.
+    tests/test_numerics.py checks it against the plain formulation.
     """
     dim: int
     num_heads: int
@@ -149,31 +298,28 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, key_valid=None, deterministic: bool = True):
-        d = x.shape[-1]
+        b, n, d = x.shape
         h = self.num_heads
         head_dim = self.dim // h
         w_qkv, b_qkv = DenseParams(3 * self.dim, self.qkv_bias, trunc_normal(0.02), name='qkv')(d)
         w_proj, b_proj = DenseParams(self.dim, self.bias, trunc_normal(self.proj_std),
                                      name='proj')(self.dim)
-        x = x.astype(self.dtype)
-        w_qkv = w_qkv.astype(self.dtype).reshape(d, 3, h, head_dim)
-        # Folding the 1/sqrt(Dh) scale into the (small) q kernel.
-        scale = jnp.asarray(head_dim ** -0.5, self.dtype)
-        q = jnp.einsum('bld,dhe->bhle', x, w_qkv[:, 0] * scale)
-        k = jnp.einsum('bld,dhe->bhle', x, w_qkv[:, 1])
-        v = jnp.einsum('bld,dhe->bhle', x, w_qkv[:, 2])
+        scale = jnp.concatenate([jnp.full((self.dim,), head_dim ** -0.5, jnp.float32),
+                                 jnp.ones((2 * self.dim,), jnp.float32)])
+        w_qkv = (w_qkv * scale).reshape(d, 3, self.dim)
         if b_qkv is not None:
-            b_qkv = b_qkv.astype(self.dtype).reshape(3, 1, h, 1, head_dim)
-            q, k, v = q + b_qkv[0] * scale, k + b_qkv[1], v + b_qkv[2]
+            b_qkv = (b_qkv * scale).reshape(3, self.dim)
+        heads = lambda t: jnp.transpose(t.reshape(b, n, h, head_dim), (0, 2, 1, 3))
+        q, k, v = (heads(dense(x, w_qkv[:, i], None if b_qkv is None else b_qkv[i], self.dtype))
+                   for i in range(3))
         out = softmax_attention(q, k, v, attention_scores_mask(key_valid))
-        out = jnp.einsum('bhle,hed->bld', out,
-                         w_proj.astype(self.dtype).reshape(h, head_dim, self.dim))
-        if b_proj is not None:
-            out = out + b_proj.astype(self.dtype)
+        out = jnp.swapaxes(out, 1, 2).reshape(b, n, self.dim)
+        out = dense(out, w_proj, b_proj, self.dtype)
         return nn.Dropout(self.dropout)(out, deterministic=deterministic)
 
 
 class Mlp(nn.Module):
+    """fc1 -> exact GELU -> fc2; the GELU runs in float32 on the fc1 output."""
     hidden_dim: int
     out_dim: int
     bias: bool = False
@@ -183,24 +329,26 @@ class Mlp(nn.Module):
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        x = nn.Dense(self.hidden_dim, use_bias=self.bias, dtype=self.dtype,
-                     kernel_init=trunc_normal(0.02), name='fc1')(x)
-        x = gelu_exact(x)
+        x = Dense(self.hidden_dim, self.bias, self.dtype, trunc_normal(0.02), name='fc1')(x)
+        x = gelu_exact(x.astype(jnp.float32)).astype(self.dtype)
         x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
-        x = nn.Dense(self.out_dim, use_bias=self.bias, dtype=self.dtype,
-                     kernel_init=trunc_normal(self.fc2_std), name='fc2')(x)
+        x = Dense(self.out_dim, self.bias, self.dtype, trunc_normal(self.fc2_std), name='fc2')(x)
         return nn.Dropout(self.dropout)(x, deterministic=deterministic)
 
 
-def layer_norm(bias: bool, eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=eps, use_bias=bias, use_scale=True, dtype=dtype, name=name)
+def layer_norm(bias: bool, eps: float, name: str) -> LayerNorm:
+    """LayerNorm with float32 statistics and float32 output (the residual
+    stream's dtype), whatever the compute dtype: as under autocast."""
+    return LayerNorm(epsilon=eps, use_bias=bias, name=name)
 
 
 class Block(nn.Module):
     """Pre-LN transformer block: x + MHSA(LN(x)); x + MLP(LN(x)).
 
-    `residual_depth` sets the scaled init std 0.02 / sqrt(2 * residual_depth)
-    of the two residual projections.
+    The residual stream `x` and the LayerNorms are float32; only the matmul
+    inputs (and outputs) of attention and MLP are in `dtype`, whose results
+    are added back in float32. `residual_depth` sets the scaled init std
+    0.02 / sqrt(2 * residual_depth) of the two residual projections.
     """
     dim: int
     num_heads: int
@@ -215,13 +363,15 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, key_valid=None, deterministic: bool = True):
         res_std = 0.02 / math.sqrt(2 * self.residual_depth)
-        h = layer_norm(self.bias, self.norm_eps, self.dtype, 'norm1')(x)
-        x = x + Attention(self.dim, self.num_heads, self.qkv_bias, self.bias, self.dropout,
-                          res_std, self.dtype, name='attn')(h, key_valid, deterministic)
-        h = layer_norm(self.bias, self.norm_eps, self.dtype, 'norm2')(x)
-        x = x + Mlp(int(self.dim * self.mlp_ratio), self.dim, self.bias, self.dropout,
-                    res_std, self.dtype, name='mlp')(h, deterministic)
-        return x
+        x = x.astype(jnp.float32)
+        h = layer_norm(self.bias, self.norm_eps, 'norm1')(x)
+        h = Attention(self.dim, self.num_heads, self.qkv_bias, self.bias, self.dropout,
+                      res_std, self.dtype, name='attn')(h, key_valid, deterministic)
+        x = x + h.astype(jnp.float32)
+        h = layer_norm(self.bias, self.norm_eps, 'norm2')(x)
+        h = Mlp(int(self.dim * self.mlp_ratio), self.dim, self.bias, self.dropout,
+                res_std, self.dtype, name='mlp')(h, deterministic)
+        return x + h.astype(jnp.float32)
 
 
 class AttentivePooler(nn.Module):
@@ -243,15 +393,12 @@ class AttentivePooler(nn.Module):
         b, n, _ = x.shape
         head_dim = self.dim // self.num_heads
         query = self.param('query_token', trunc_normal(0.02), (1, self.num_queries, self.dim))
-        query = jnp.broadcast_to(query, (b, self.num_queries, self.dim)).astype(self.dtype)
-        q = nn.Dense(self.dim, use_bias=self.qkv_bias, dtype=self.dtype,
-                     kernel_init=trunc_normal(0.02), name='q')(query)
-        kv = nn.Dense(2 * self.dim, use_bias=self.qkv_bias, dtype=self.dtype,
-                      kernel_init=trunc_normal(0.02), name='kv')(x)
+        query = jnp.broadcast_to(query, (b, self.num_queries, self.dim))
+        q = Dense(self.dim, self.qkv_bias, self.dtype, trunc_normal(0.02), name='q')(query)
+        kv = Dense(2 * self.dim, self.qkv_bias, self.dtype, trunc_normal(0.02), name='kv')(x)
         kv = kv.reshape(b, n, 2, self.num_heads, head_dim)
         q = q.reshape(b, self.num_queries, self.num_heads, head_dim)
         out = multihead_attention(q, kv[:, :, 0], kv[:, :, 1], attention_scores_mask(key_valid))
         out = out.reshape(b, self.num_queries, self.dim)
-        out = nn.Dense(self.out_dim, use_bias=self.bias, dtype=self.dtype,
-                       kernel_init=trunc_normal(0.02), name='proj')(out)
+        out = Dense(self.out_dim, self.bias, self.dtype, trunc_normal(0.02), name='proj')(out)
         return out  # (B, num_queries, out_dim)

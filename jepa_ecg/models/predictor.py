@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jepa_ecg.models.layers import Block, layer_norm, sincos_pos_embed, trunc_normal
+from jepa_ecg.models.layers import Block, Dense, layer_norm, sincos_pos_embed, trunc_normal
 
 Dtype = Any
 
@@ -45,23 +45,25 @@ class Predictor(nn.Module):
           predict_mask: (B, N) True at the patches to predict.
 
         Returns:
-          (B, N, dim) predictions; only positions with predict_mask are meaningful.
+          (B, N, dim) float32 predictions; only positions with predict_mask
+          are meaningful. Under a bfloat16 `dtype` only matmul inputs are
+          bfloat16; the token stream and LayerNorms are float32.
         """
         n = predict_mask.shape[1]
-        embedded = nn.Dense(self.pred_dim, use_bias=self.bias, dtype=self.dtype,
-                            kernel_init=trunc_normal(0.02), name='embed')(context.astype(self.dtype))
+        embedded = Dense(self.pred_dim, self.bias, self.dtype, trunc_normal(0.02),
+                         name='embed')(context).astype(jnp.float32)
         # Place each valid context token at its patch position (padding lands nowhere).
-        placement = (jax.nn.one_hot(keep_idx, n, dtype=self.dtype) *
-                     keep_valid[..., None].astype(self.dtype))  # (B, K, N)
+        placement = (jax.nn.one_hot(keep_idx, n, dtype=jnp.float32) *
+                     keep_valid[..., None].astype(jnp.float32))  # (B, K, N)
         placed = jnp.einsum('bkn,bkd->bnd', placement, embedded)
         mask_token = self.param('mask_token', trunc_normal(0.02), (1, 1, self.pred_dim))
-        tokens = jnp.where(predict_mask[..., None], mask_token.astype(self.dtype), placed)
-        pos = jnp.asarray(sincos_pos_embed(self.pred_dim, self.num_patches)[:n], self.dtype)
+        tokens = jnp.where(predict_mask[..., None], mask_token, placed)
+        pos = jnp.asarray(sincos_pos_embed(self.pred_dim, self.num_patches)[:n], jnp.float32)
         tokens = tokens + pos[None]
         for i in range(self.depth):
             tokens = Block(self.pred_dim, self.num_heads, self.mlp_ratio, self.qkv_bias,
                            self.bias, 0.0, self.norm_eps, residual_depth=self.residual_depth,
                            dtype=self.dtype, name=f'blocks_{i}')(tokens)
-        tokens = layer_norm(self.bias, self.norm_eps, self.dtype, 'norm')(tokens)
-        return nn.Dense(self.dim, use_bias=self.bias, dtype=self.dtype,
-                        kernel_init=trunc_normal(0.02), name='proj')(tokens)
+        tokens = layer_norm(self.bias, self.norm_eps, 'norm')(tokens)
+        return Dense(self.dim, self.bias, self.dtype, trunc_normal(0.02),
+                     name='proj')(tokens).astype(jnp.float32)

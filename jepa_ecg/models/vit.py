@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jepa_ecg.models.layers import Block, layer_norm, sincos_pos_embed, trunc_normal
+from jepa_ecg.models.layers import Block, Dense, layer_norm, sincos_pos_embed, trunc_normal
 
 Dtype = Any
 
@@ -25,7 +25,9 @@ class VisionTransformer(nn.Module):
     """ECG ViT: patch embedding + sin-cos positions + registers + pre-LN blocks.
 
     The patch embedding is a strided convolution over all leads at once
-    (kernel = stride = patch_size), written as reshape + matmul.
+    (kernel = stride = patch_size), written as reshape + matmul. Under a
+    bfloat16 `dtype` only the matmul inputs are bfloat16: the token stream,
+    LayerNorms and the output stay float32 (see layers.Block).
     """
     dim: int
     depth: int
@@ -57,14 +59,14 @@ class VisionTransformer(nn.Module):
           deterministic: disables dropout.
 
         Returns:
-          (B, K or N, dim) token outputs after the final LayerNorm, with
-          `num_registers` register tokens prepended when keep_registers.
+          (B, K or N, dim) float32 token outputs after the final LayerNorm,
+          with `num_registers` register tokens prepended when keep_registers.
         """
-        patches = patchify(x.astype(self.dtype), self.patch_size)
+        patches = patchify(x.astype(jnp.float32), self.patch_size)
         n = patches.shape[1]
         if n > self.num_patches:
             raise ValueError(f'{n} patches exceed the model\'s {self.num_patches} positions')
-        pos = jnp.asarray(sincos_pos_embed(self.dim, self.num_patches)[:n], self.dtype)
+        pos = jnp.asarray(sincos_pos_embed(self.dim, self.num_patches)[:n], jnp.float32)
         if keep_idx is None:
             pos = pos[None]
         else:
@@ -76,16 +78,15 @@ class VisionTransformer(nn.Module):
             patches = jnp.take_along_axis(patches, keep_idx[..., None].astype(jnp.int32), axis=1,
                                           mode='clip')
             pos = jnp.take(pos, keep_idx, axis=0, mode='clip')
-        tokens = nn.Dense(self.dim, use_bias=self.bias, dtype=self.dtype,
-                          kernel_init=trunc_normal(0.02), name='patch_embed')(patches)
-        tokens = tokens + pos
+        tokens = Dense(self.dim, self.bias, self.dtype, trunc_normal(0.02),
+                       name='patch_embed')(patches)
+        tokens = tokens.astype(jnp.float32) + pos
         b = tokens.shape[0]
         key_valid = None
         if self.num_registers > 0:
             registers = self.param('registers', trunc_normal(0.02),
                                    (1, self.num_registers, self.dim))
-            registers = jnp.broadcast_to(registers.astype(self.dtype),
-                                         (b, self.num_registers, self.dim))
+            registers = jnp.broadcast_to(registers, (b, self.num_registers, self.dim))
             tokens = jnp.concatenate([registers, tokens], axis=1)
         if keep_valid is not None:
             key_valid = jnp.concatenate(
@@ -94,7 +95,7 @@ class VisionTransformer(nn.Module):
             tokens = Block(self.dim, self.num_heads, self.mlp_ratio, self.qkv_bias, self.bias,
                            self.dropout, self.norm_eps, residual_depth=self.depth,
                            dtype=self.dtype, name=f'blocks_{i}')(tokens, key_valid, deterministic)
-        tokens = layer_norm(self.bias, self.norm_eps, self.dtype, 'norm')(tokens)
+        tokens = layer_norm(self.bias, self.norm_eps, 'norm')(tokens)
         if not keep_registers:
             tokens = tokens[:, self.num_registers:]
         return tokens

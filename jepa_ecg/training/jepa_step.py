@@ -158,7 +158,10 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation,
             'lr': schedules['lr'](state.step),
             'wd': schedules['wd'](state.step),
             'momentum': momentum,
-            'target_std': jnp.std(targets.astype(jnp.float32), axis=0).mean(),
+            # Std over the batch, taken along the last axis: XLA:CPU's library
+            # reduction over a short leading axis is ~20x slower (~3% of a step).
+            'target_std': jnp.std(jnp.moveaxis(targets.astype(jnp.float32), 0, -1),
+                                  axis=-1).mean(),
             'target_rank': rank,
         }
         new_state = state.replace(step=state.step + 1, params=params,

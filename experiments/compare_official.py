@@ -1,0 +1,287 @@
+r"""Side by side with the official PyTorch ECG-JEPA code (kweimann/ECG-JEPA).
+
+  python -m experiments.compare_official --what=train_step --variant=XS --batch=32 \
+      --official_dir=/path/to/ECG-JEPA          # or set JEPA_ECG_OFFICIAL_DIR
+
+The official code is not part of this project: clone it anywhere
+(`git clone https://github.com/kweimann/ECG-JEPA`) and point `--official_dir`
+(default: $JEPA_ECG_OFFICIAL_DIR) at it. Torch comes with `pip install -e '.[torch]'`.
+
+--what=train_step: times one pre-training step of both implementations in
+ONE process, on the same signals and the same masks (the keep count drawn
+per batch as in the paper, each side given the identical block masks), in
+`--reps` interleaved repetitions of `--steps_per_rep` steps each (the side
+that goes first alternates). On a shared machine only the ratio of
+back-to-back measurements means something, so the figure to read is
+`ratio` = ours / official records per second: the median of the per-
+repetition ratios (each repetition pairs the two sides measured seconds
+apart). The official step is exactly what its pretrain.py runs per step:
+schedules, forward (EMA update, target encoder, context encoder,
+predictor, L1), backward, AdamW (non-fused, as on CPU), zero_grad. Ours is
+the jitted, donated `jepa_ecg.training.jepa_step` train step of
+experiments/benchmark.py. With `--dtype=bfloat16` the official side runs
+under `torch.autocast('cpu', torch.bfloat16)`.
+
+Prints one line per repetition and a summary JSON line (also appended to
+`--out`).
+
+Timing on a shared machine: torch's OpenMP threads spin-wait, so a busy
+co-tenant slows the official side several-fold while ours barely moves;
+the 2-core ratio is only meaningful on an otherwise idle machine. For a
+per-core figure that load does not distort, pin both to one core:
+`taskset -c 0 python -m experiments.compare_official --official_threads=1 ...`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_enum('what', ['train_step'], ['train_step'], 'What to compare (repeatable).')
+flags.DEFINE_string('official_dir', os.environ.get('JEPA_ECG_OFFICIAL_DIR'),
+                    'Checkout of github.com/kweimann/ECG-JEPA (default: $JEPA_ECG_OFFICIAL_DIR).')
+flags.DEFINE_enum('variant', 'XS', ['XS', 'S', 'B'], 'Model variant.')
+flags.DEFINE_integer('batch', 32, 'Batch size (records per step).')
+flags.DEFINE_float('fs', 500.0, 'Sampling rate (Hz); the patch is 50 ms, the window 10 s.')
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype of both sides.')
+flags.DEFINE_integer('reps', 5, 'Interleaved repetitions.')
+flags.DEFINE_integer('steps_per_rep', 3, 'Steps per side and repetition.')
+flags.DEFINE_integer('warmup', 2, 'Untimed steps per side (after compilation).')
+flags.DEFINE_bool('official_sdpa', True, 'Official attention through '
+                  'F.scaled_dot_product_attention (its default on GPU; its pretrain.py turns '
+                  'it off on CPU).')
+flags.DEFINE_integer('official_threads', None, 'torch.set_num_threads for the official side '
+                     '(default: torch\'s own, one per core). With `taskset -c 0` and 1 this gives '
+                     'a per-core ratio that co-tenants on a shared machine barely move.')
+flags.DEFINE_integer('seed', 0, 'Seed of signals and masks.')
+flags.DEFINE_string('out', None, 'Also append the summary JSON line to this file.')
+
+VARIANT_FILES = {'XS': 'ViTXS_all.yaml', 'S': 'ViTS_all.yaml', 'B': 'ViTB_all.yaml'}
+
+
+def _official_dir() -> str:
+    path = FLAGS.official_dir
+    if not path or not os.path.isfile(os.path.join(path, 'models', 'JEPA.py')):
+        raise app.UsageError(
+            f'official ECG-JEPA code not found (--official_dir={path!r}): clone '
+            'https://github.com/kweimann/ECG-JEPA outside this repository and pass '
+            '--official_dir=<checkout> or set JEPA_ECG_OFFICIAL_DIR.')
+    return os.path.abspath(path)
+
+
+@contextlib.contextmanager
+def _official_imports(path: str):
+    """Imports from the official checkout (its top-level `configs`, `models`,
+    `utils`, `data`) without leaving them on sys.path or in sys.modules."""
+    before = set(sys.modules)
+    sys.path.insert(0, path)
+    try:
+        yield
+    finally:
+        sys.path.remove(path)
+        for name in set(sys.modules) - before:
+            if name.split('.')[0] in ('configs', 'models', 'utils', 'data'):
+                del sys.modules[name]
+
+
+def make_batches(n: int, *, batch: int, num_patches: int, samples: int, leads: int,
+                 keep_ratio_range, min_block_size: int, seed: int) -> list[dict]:
+    """`n` batches of (signal, masks) shared by both sides: our masking, as
+    numpy (B, T, leads) signal, bool predict mask and the official index lists."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.data import masking  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        k = masking.sample_num_keep(rng, num_patches, keep_ratio_range)
+        masked = masking.sample_block_masks(rng, batch, num_patches, k, min_block_size)
+        order = np.argsort(masked, axis=1, kind='stable')  # kept first, both ascending
+        out.append({'signal': rng.standard_normal((batch, samples, leads)).astype(np.float32),
+                    'masked': masked, 'keep': order[:, :k], 'predict': order[:, k:]})
+    return out
+
+
+class Ours:
+    """The jitted, donated jepa_ecg train step (as experiments/benchmark.py times it)."""
+
+    def __init__(self, variant: str, fs: float, dtype: str, batches: list[dict], seed: int):
+        import jax  # pylint: disable=g-import-not-at-top
+        from experiments.configs.pretrain import get_config  # pylint: disable=g-import-not-at-top
+        from jepa_ecg import sharding  # pylint: disable=g-import-not-at-top
+        from jepa_ecg.data import masking  # pylint: disable=g-import-not-at-top
+        from jepa_ecg.models.config import model_config_from  # pylint: disable=g-import-not-at-top
+        from jepa_ecg.training import jepa_step, optim  # pylint: disable=g-import-not-at-top
+        config = get_config(f'vit_{variant.lower()},synthetic')
+        config.unlock()
+        config.model.fs = fs
+        config.dtype = dtype
+        self.config, self.cfg = config, model_config_from(config)
+        schedules = optim.make_schedules(config)
+        tx = optim.make_optimizer(config, schedules)
+        mesh = sharding.make_mesh()
+        repl = sharding.replicated(mesh)
+        step = jepa_step.make_train_step(self.cfg, tx, schedules, dtype=dtype,
+                                         rank_every=config.rank_every)
+        jitted = jax.jit(step, in_shardings=(repl, sharding.batch_sharded(mesh)),
+                         out_shardings=(repl, repl), donate_argnums=(0,))
+        self.batches = []
+        for b in batches:
+            keep_idx, keep_valid = masking.keep_indices(b['masked'], config.data.keep_bucket)
+            self.batches.append(sharding.host_to_global(
+                {'signal': b['signal'], 'keep_idx': keep_idx, 'keep_valid': keep_valid,
+                 'predict_mask': b['masked']}, mesh))
+        self.state = jax.jit(lambda k: jepa_step.init_train_state(k, self.cfg, tx),
+                             out_shardings=repl)(jax.random.PRNGKey(seed))
+        self.compiled, t0 = {}, time.perf_counter()
+        for b in self.batches:
+            k = b['keep_idx'].shape[1]
+            if k not in self.compiled:
+                self.compiled[k] = jitted.lower(self.state, b).compile()
+        self.compile_s = time.perf_counter() - t0
+        self._block = jax.block_until_ready
+
+    def run(self, batches: list) -> float:
+        for b in batches:
+            self.state, metrics = self.compiled[b['keep_idx'].shape[1]](self.state, b)
+        self._block(metrics)
+        return float(metrics['loss'])
+
+
+class Official:
+    """One step of the official pretrain.py loop on its JEPA module."""
+
+    def __init__(self, path: str, variant: str, fs: float, dtype: str, batches: list[dict],
+                 sdpa: bool, seed: int):
+        import numpy as np  # pylint: disable=g-import-not-at-top
+        import torch  # pylint: disable=g-import-not-at-top
+        if FLAGS.official_threads:
+            torch.set_num_threads(FLAGS.official_threads)
+        torch.manual_seed(seed)
+        with _official_imports(path):
+            import configs as off_configs  # pylint: disable=g-import-not-at-top
+            from models.JEPA import JEPA  # pylint: disable=g-import-not-at-top
+            from utils import schedules as sched  # pylint: disable=g-import-not-at-top
+            d = off_configs.load_config_file(
+                os.path.join(path, 'configs', 'pretrain', VARIANT_FILES[variant]))
+            d.update(sampling_frequency=int(fs), channel_size=int(round(10 * fs)),
+                     patch_size=int(round(0.05 * fs)))
+            config = off_configs.pretrain.Config(**d)
+            momentum = sched.linear_schedule(config.steps, config.encoder_momentum,
+                                             config.final_encoder_momentum)
+            self.lr = sched.cosine_schedule(config.steps, config.learning_rate,
+                                            config.final_learning_rate,
+                                            config.learning_rate_warmup_steps, 1e-6)
+            self.wd = sched.cosine_schedule(config.steps, config.weight_decay,
+                                            config.final_weight_decay)
+            self.update_lr, self.update_wd = sched.update_learning_rate_, sched.update_weight_decay_
+            self.model = JEPA(config, momentum, use_sdp_kernel=sdpa)
+        self.model.train()
+        self.opt = self.model.get_optimizer(fused=False)
+        self.torch = torch
+        self.autocast = ((lambda: torch.autocast('cpu', dtype=torch.bfloat16))
+                         if dtype == 'bfloat16' else contextlib.nullcontext)
+        self.batches = [(torch.from_numpy(np.ascontiguousarray(b['signal'].transpose(0, 2, 1))),
+                         torch.from_numpy(b['keep'].astype(np.int64)),
+                         torch.from_numpy(b['predict'].astype(np.int64))) for b in batches]
+        self.num_threads = torch.get_num_threads()
+
+    def run(self, batches: list) -> float:
+        for x, keep, predict in batches:
+            self.update_lr(self.opt, next(self.lr))
+            self.update_wd(self.opt, next(self.wd))
+            with self.autocast():
+                loss = self.model(x, keep, predict)
+            loss.backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        return float(loss.item())
+
+
+def _timed(side, batches) -> tuple[float, float, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    loss = side.run(batches)
+    return time.perf_counter() - t0, time.process_time() - c0, loss
+
+
+def compare_train_step() -> dict:
+    try:
+        import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+        raise app.UsageError("torch is missing: pip install -e '.[torch]'") from None
+    import jax  # pylint: disable=g-import-not-at-top
+    path = _official_dir()
+    batch, spr = FLAGS.batch, FLAGS.steps_per_rep
+    n_batches = FLAGS.warmup + FLAGS.reps * spr
+    from jepa_ecg.models.config import model_config  # pylint: disable=g-import-not-at-top
+    cfg = model_config(FLAGS.variant, fs=FLAGS.fs)
+    shared = make_batches(n_batches, batch=batch, num_patches=cfg.num_patches,
+                          samples=cfg.window_samples, leads=cfg.num_leads,
+                          keep_ratio_range=(0.15, 0.25), min_block_size=10, seed=FLAGS.seed)
+    ours = Ours(FLAGS.variant, FLAGS.fs, FLAGS.dtype, shared, FLAGS.seed)
+    official = Official(path, FLAGS.variant, FLAGS.fs, FLAGS.dtype, shared, FLAGS.official_sdpa,
+                        FLAGS.seed)
+    sides = {'ours': (ours, ours.batches), 'official': (official, official.batches)}
+    for side, bs in sides.values():
+        side.run(bs[:FLAGS.warmup])
+    rows = []
+    load_before = os.getloadavg()[0]
+    for r in range(FLAGS.reps):
+        lo = FLAGS.warmup + r * spr
+        order = ['ours', 'official'] if r % 2 == 0 else ['official', 'ours']
+        row = {}
+        for name in order:
+            side, bs = sides[name]
+            wall, cpu, loss = _timed(side, bs[lo:lo + spr])
+            row[name] = {'records_per_s': spr * batch / wall, 'cpu_s_per_step': cpu / spr,
+                         'loss': loss}
+        row['ratio'] = row['ours']['records_per_s'] / row['official']['records_per_s']
+        rows.append(row)
+        print(f"rep {r}: ours {row['ours']['records_per_s']:6.2f} rec/s "
+              f"({row['ours']['cpu_s_per_step']:.2f} CPU-s/step), official "
+              f"{row['official']['records_per_s']:6.2f} rec/s "
+              f"({row['official']['cpu_s_per_step']:.2f} CPU-s/step), ratio {row['ratio']:.3f}",
+              flush=True)
+    med = lambda name, key: statistics.median(r[name][key] for r in rows)
+    return {
+        'what': 'train_step', 'variant': FLAGS.variant, 'batch': batch, 'fs': FLAGS.fs,
+        'dtype': FLAGS.dtype, 'ratio': statistics.median(r['ratio'] for r in rows),
+        'ratio_reps': [r['ratio'] for r in rows],
+        'ours_records_per_s': med('ours', 'records_per_s'),
+        'official_records_per_s': med('official', 'records_per_s'),
+        'ours_cpu_s_per_step': med('ours', 'cpu_s_per_step'),
+        'official_cpu_s_per_step': med('official', 'cpu_s_per_step'),
+        'ours_compile_s': ours.compile_s, 'official_sdpa': FLAGS.official_sdpa,
+        'reps': FLAGS.reps, 'steps_per_rep': spr, 'warmup': FLAGS.warmup,
+        'jax': jax.__version__, 'torch': torch.__version__,
+        'torch_threads': official.num_threads, 'cpu_count': os.cpu_count(),
+        'load_avg_1m': [load_before, os.getloadavg()[0]],
+        'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+    }
+
+
+COMPARISONS = {'train_step': compare_train_step}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError('Too many command-line arguments.')
+    for what in dict.fromkeys(FLAGS.what):
+        record = COMPARISONS[what]()
+        line = json.dumps(record)
+        print(line, flush=True)
+        if FLAGS.out:
+            with open(FLAGS.out, 'a') as f:
+                f.write(line + '\n')
+
+
+if __name__ == '__main__':
+    app.run(main)
