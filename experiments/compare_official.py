@@ -95,8 +95,8 @@ def _official_imports(path: str):
 
 def make_batches(n: int, *, batch: int, num_patches: int, samples: int, leads: int,
                  keep_ratio_range, min_block_size: int, seed: int) -> list[dict]:
-    """`n` batches of (signal, masks) shared by both sides: our masking, as
-    numpy (B, T, leads) signal, bool predict mask and the official index lists."""
+    """`n` batches shared by both sides: (B, T, leads) random signals and
+    our block masks (bool (B, N), True = predicted)."""
     import numpy as np  # pylint: disable=g-import-not-at-top
     from jepa_ecg.data import masking  # pylint: disable=g-import-not-at-top
     rng = np.random.default_rng(seed)
@@ -104,9 +104,8 @@ def make_batches(n: int, *, batch: int, num_patches: int, samples: int, leads: i
     for _ in range(n):
         k = masking.sample_num_keep(rng, num_patches, keep_ratio_range)
         masked = masking.sample_block_masks(rng, batch, num_patches, k, min_block_size)
-        order = np.argsort(masked, axis=1, kind='stable')  # kept first, both ascending
         out.append({'signal': rng.standard_normal((batch, samples, leads)).astype(np.float32),
-                    'masked': masked, 'keep': order[:, :k], 'predict': order[:, k:]})
+                    'masked': masked})
     return out
 
 
@@ -115,15 +114,11 @@ class Ours:
 
     def __init__(self, variant: str, fs: float, dtype: str, batches: list[dict], seed: int):
         import jax  # pylint: disable=g-import-not-at-top
-        from experiments.configs.pretrain import get_config  # pylint: disable=g-import-not-at-top
         from jepa_ecg import sharding  # pylint: disable=g-import-not-at-top
         from jepa_ecg.data import masking  # pylint: disable=g-import-not-at-top
         from jepa_ecg.models.config import model_config_from  # pylint: disable=g-import-not-at-top
         from jepa_ecg.training import jepa_step, optim  # pylint: disable=g-import-not-at-top
-        config = get_config(f'vit_{variant.lower()},synthetic')
-        config.unlock()
-        config.model.fs = fs
-        config.dtype = dtype
+        config = _pretrain_config(variant, fs, batches[0]['signal'].shape[0], dtype)
         self.config, self.cfg = config, model_config_from(config)
         schedules = optim.make_schedules(config)
         tx = optim.make_optimizer(config, schedules)
@@ -156,54 +151,112 @@ class Ours:
         return float(metrics['loss'])
 
 
-class Official:
-    """One step of the official pretrain.py loop on its JEPA module."""
+def official_config(cfg, config) -> dict:
+    """Overrides of the official YAML config for our model config `cfg` and
+    pre-training config `config` (sizes, schedules, optimiser)."""
+    accum = config.grad_accum_steps
+    return dict(
+        sampling_frequency=int(round(cfg.fs)), channel_size=cfg.window_samples,
+        patch_size=cfg.patch_size, dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
+        pred_dim=cfg.pred_dim, pred_depth=cfg.pred_depth, pred_num_heads=cfg.pred_num_heads,
+        mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, bias=cfg.bias, norm_eps=cfg.norm_eps,
+        num_registers=cfg.num_registers, steps=config.total_steps,
+        batch_size=config.global_batch_size // accum, gradient_accumulation_steps=accum,
+        encoder_momentum=config.ema_momentum, final_encoder_momentum=config.final_ema_momentum,
+        learning_rate=config.learning_rate, final_learning_rate=config.final_learning_rate,
+        learning_rate_warmup_steps=config.warmup_steps, weight_decay=config.weight_decay,
+        final_weight_decay=config.final_weight_decay, opt_betas=[config.b1, config.b2],
+        opt_eps=config.eps, gradient_clip=config.grad_clip)
 
-    def __init__(self, path: str, variant: str, fs: float, dtype: str, batches: list[dict],
-                 sdpa: bool, seed: int):
-        import numpy as np  # pylint: disable=g-import-not-at-top
+
+class OfficialCode:
+    """The official JEPA module, AdamW and schedules, stepped as its pretrain.py does.
+
+    `start_step` starts the learning-rate and weight-decay schedules there
+    and the momentum schedule at start_step * micro-batches (it advances
+    once per forward pass).
+    """
+
+    def __init__(self, path: str, cfg, config, *, sdpa: bool = False, start_step: int = 0):
         import torch  # pylint: disable=g-import-not-at-top
-        if FLAGS.official_threads:
-            torch.set_num_threads(FLAGS.official_threads)
-        torch.manual_seed(seed)
+        self.torch = torch
         with _official_imports(path):
             import configs as off_configs  # pylint: disable=g-import-not-at-top
             from models.JEPA import JEPA  # pylint: disable=g-import-not-at-top
             from utils import schedules as sched  # pylint: disable=g-import-not-at-top
             d = off_configs.load_config_file(
-                os.path.join(path, 'configs', 'pretrain', VARIANT_FILES[variant]))
-            d.update(sampling_frequency=int(fs), channel_size=int(round(10 * fs)),
-                     patch_size=int(round(0.05 * fs)))
-            config = off_configs.pretrain.Config(**d)
-            momentum = sched.linear_schedule(config.steps, config.encoder_momentum,
-                                             config.final_encoder_momentum)
-            self.lr = sched.cosine_schedule(config.steps, config.learning_rate,
-                                            config.final_learning_rate,
-                                            config.learning_rate_warmup_steps, 1e-6)
-            self.wd = sched.cosine_schedule(config.steps, config.weight_decay,
-                                            config.final_weight_decay)
+                os.path.join(path, 'configs', 'pretrain', VARIANT_FILES['XS']))
+            d.update(official_config(cfg, config))
+            oc = off_configs.pretrain.Config(**d)
+            accum = oc.gradient_accumulation_steps
+            momentum = sched.linear_schedule(oc.steps, oc.encoder_momentum,
+                                             oc.final_encoder_momentum, step=accum * start_step)
+            self.lr = sched.cosine_schedule(oc.steps, oc.learning_rate, oc.final_learning_rate,
+                                            oc.learning_rate_warmup_steps, 1e-6, step=start_step)
+            self.wd = sched.cosine_schedule(oc.steps, oc.weight_decay, oc.final_weight_decay,
+                                            step=start_step)
             self.update_lr, self.update_wd = sched.update_learning_rate_, sched.update_weight_decay_
-            self.model = JEPA(config, momentum, use_sdp_kernel=sdpa)
+            self.model = JEPA(oc, momentum, use_sdp_kernel=sdpa)
         self.model.train()
         self.opt = self.model.get_optimizer(fused=False)
-        self.torch = torch
+
+    def step(self, micro_batches, autocast=contextlib.nullcontext) -> float:
+        """One optimiser step over [(x (B, leads, T), keep, predict), ...]."""
+        self.update_lr(self.opt, next(self.lr))
+        self.update_wd(self.opt, next(self.wd))
+        total = 0.0
+        for x, keep, predict in micro_batches:
+            with autocast():
+                loss = self.model(x, keep, predict) / len(micro_batches)
+            loss.backward()
+            total += loss.item()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return total
+
+
+def torch_micro_batch(signal, masked, torch):
+    """Our (B, T, leads) signal and (B, N) masked flags -> the official
+    (x (B, leads, T), kept indices, predicted indices), both ascending."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    k = int(masked.shape[1] - masked[0].sum())
+    order = np.argsort(masked, axis=1, kind='stable')
+    return (torch.from_numpy(np.ascontiguousarray(signal.transpose(0, 2, 1))),
+            torch.from_numpy(order[:, :k].astype(np.int64)),
+            torch.from_numpy(order[:, k:].astype(np.int64)))
+
+
+def _pretrain_config(variant: str, fs: float, batch: int, dtype: str):
+    from experiments.configs.pretrain import get_config  # pylint: disable=g-import-not-at-top
+    config = get_config(f'vit_{variant.lower()},synthetic')
+    config.unlock()
+    config.model.fs = fs
+    config.dtype = dtype
+    config.global_batch_size = batch
+    return config
+
+
+class Official:
+    """The official step, timed (see the module docstring)."""
+
+    def __init__(self, path: str, variant: str, fs: float, dtype: str, batches: list[dict],
+                 sdpa: bool, seed: int):
+        import torch  # pylint: disable=g-import-not-at-top
+        from jepa_ecg.models.config import model_config_from  # pylint: disable=g-import-not-at-top
+        if FLAGS.official_threads:
+            torch.set_num_threads(FLAGS.official_threads)
+        torch.manual_seed(seed)
+        config = _pretrain_config(variant, fs, batches[0]['signal'].shape[0], dtype)
+        self.code = OfficialCode(path, model_config_from(config), config, sdpa=sdpa)
         self.autocast = ((lambda: torch.autocast('cpu', dtype=torch.bfloat16))
                          if dtype == 'bfloat16' else contextlib.nullcontext)
-        self.batches = [(torch.from_numpy(np.ascontiguousarray(b['signal'].transpose(0, 2, 1))),
-                         torch.from_numpy(b['keep'].astype(np.int64)),
-                         torch.from_numpy(b['predict'].astype(np.int64))) for b in batches]
+        self.batches = [torch_micro_batch(b['signal'], b['masked'], torch) for b in batches]
         self.num_threads = torch.get_num_threads()
 
     def run(self, batches: list) -> float:
-        for x, keep, predict in batches:
-            self.update_lr(self.opt, next(self.lr))
-            self.update_wd(self.opt, next(self.wd))
-            with self.autocast():
-                loss = self.model(x, keep, predict)
-            loss.backward()
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-        return float(loss.item())
+        for b in batches:
+            loss = self.code.step([b], self.autocast)
+        return loss
 
 
 def _timed(side, batches) -> tuple[float, float, float]:

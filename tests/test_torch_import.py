@@ -29,25 +29,14 @@ def official_config(**overrides):
     return cfg
 
 
-def official_encoder_state(cfg, rng):
-    """Random weights under the official key names and shapes."""
-    d, c, p = cfg['dim'], len(cfg['channels']), cfg['patch_size']
+def _blocks_state(s, w, cfg, d, depth, norm_bias):
+    """Official block entries of width d: blocks.{i}.norm1/attn/norm2/mlp."""
     h = int(d * cfg['mlp_ratio'])
-    s = {}
-
-    def w(*shape, scale=0.2):
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-    s['patch_embed.proj.weight'] = w(d, c, p)
-    if cfg['bias']:
-        s['patch_embed.proj.bias'] = w(d)
-    if cfg['num_registers']:
-        s['registers'] = w(1, cfg['num_registers'], d)
-    for i in range(cfg['depth']):
+    for i in range(depth):
         b = f'blocks.{i}.'
         for n in ('norm1', 'norm2'):
             s[b + n + '.weight'] = 1 + w(d, scale=0.1)
-            if cfg['bias']:
+            if norm_bias:
                 s[b + n + '.bias'] = w(d, scale=0.1)
         s[b + 'attn.qkv.weight'] = w(3 * d, d)
         if cfg['qkv_bias']:
@@ -60,9 +49,43 @@ def official_encoder_state(cfg, rng):
             s[b + 'mlp.fc1.bias'] = w(h)
             s[b + 'mlp.fc2.bias'] = w(d)
     s['norm.weight'] = 1 + w(d, scale=0.1)
-    if cfg['bias']:
+    if norm_bias:
         s['norm.bias'] = w(d, scale=0.1)
     return s
+
+
+def _weights(rng):
+    def w(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+    return w
+
+
+def official_encoder_state(cfg, rng, norm_bias=None):
+    """Random weights under the official key names and shapes.
+
+    norm_bias: LayerNorm biases (default: cfg['bias']); True with bias=False
+    is the layout of the first official release.
+    """
+    d, c, p = cfg['dim'], len(cfg['channels']), cfg['patch_size']
+    w = _weights(rng)
+    s = {'patch_embed.proj.weight': w(d, c, p)}
+    if cfg['bias']:
+        s['patch_embed.proj.bias'] = w(d)
+    if cfg['num_registers']:
+        s['registers'] = w(1, cfg['num_registers'], d)
+    return _blocks_state(s, w, cfg, d, cfg['depth'],
+                         cfg['bias'] if norm_bias is None else norm_bias)
+
+
+def official_predictor_state(cfg, rng, norm_bias=None):
+    """Random predictor weights under the official names (`predictor.` removed)."""
+    d, pd = cfg['dim'], cfg['pred_dim']
+    w = _weights(rng)
+    s = {'embed.weight': w(pd, d), 'mask_token': w(1, 1, pd), 'proj.weight': w(d, pd)}
+    if cfg['bias']:
+        s['embed.bias'], s['proj.bias'] = w(pd), w(d)
+    return _blocks_state(s, w, cfg, pd, cfg['pred_depth'],
+                         cfg['bias'] if norm_bias is None else norm_bias)
 
 
 def reference_forward(state, cfg, x_bct):
@@ -77,49 +100,77 @@ def reference_forward(state, cfg, x_bct):
     tok = np.einsum('dck,bcjk->bjd', st['patch_embed.proj.weight'], xp)
     if 'patch_embed.proj.bias' in st:
         tok = tok + st['patch_embed.proj.bias']
-    position = np.arange(n)[:, None]
-    div = np.exp(np.arange(0, d, 2) * (-math.log(10000.0) / d))
-    pos = np.zeros((n, d))
-    pos[:, 0::2] = np.sin(position * div)
-    pos[:, 1::2] = np.cos(position * div)
-    tok = tok + pos
+    tok = tok + _sincos(n, d)
     r = cfg['num_registers']
     if r:
         tok = np.concatenate([np.repeat(st['registers'], bsz, axis=0), tok], axis=1)
+    tok = _reference_blocks(tok, st, cfg['depth'], heads, cfg['norm_eps'])
+    return tok[:, r:]
 
-    def ln(z, prefix):
-        mu = z.mean(-1, keepdims=True)
-        var = ((z - mu) ** 2).mean(-1, keepdims=True)
-        out = (z - mu) / np.sqrt(var + cfg['norm_eps']) * st[prefix + '.weight']
-        return out + st[prefix + '.bias'] if prefix + '.bias' in st else out
 
-    def lin(z, prefix):
-        out = z @ st[prefix + '.weight'].T
-        return out + st[prefix + '.bias'] if prefix + '.bias' in st else out
+def _ln(z, st, prefix, eps):
+    """nn.LayerNorm; its bias is used whenever the state dict has one."""
+    mu = z.mean(-1, keepdims=True)
+    var = ((z - mu) ** 2).mean(-1, keepdims=True)
+    out = (z - mu) / np.sqrt(var + eps) * st[prefix + '.weight']
+    return out + st[prefix + '.bias'] if prefix + '.bias' in st else out
 
-    for i in range(cfg['depth']):
+
+def _lin(z, st, prefix):
+    out = z @ st[prefix + '.weight'].T
+    return out + st[prefix + '.bias'] if prefix + '.bias' in st else out
+
+
+def _reference_blocks(tok, st, depth, heads, eps):
+    """Official pre-LN blocks `blocks.{i}` then the final `norm`, float64."""
+    for i in range(depth):
         b = f'blocks.{i}'
-        hdn = ln(tok, b + '.norm1')
+        hdn = _ln(tok, st, b + '.norm1', eps)
         bb, nn_, cc = hdn.shape
-        qkv = lin(hdn, b + '.attn.qkv').reshape(bb, nn_, 3, heads, cc // heads)
+        qkv = _lin(hdn, st, b + '.attn.qkv').reshape(bb, nn_, 3, heads, cc // heads)
         qkv = qkv.transpose(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         att = q @ k.transpose(0, 1, 3, 2) * (cc // heads) ** -0.5
         att = np.exp(att - att.max(-1, keepdims=True))
         att = att / att.sum(-1, keepdims=True)
         a = (att @ v).transpose(0, 2, 1, 3).reshape(bb, nn_, cc)
-        tok = tok + lin(a, b + '.attn.proj')
-        hdn = ln(tok, b + '.norm2')
-        hdn = lin(hdn, b + '.mlp.fc1')
+        tok = tok + _lin(a, st, b + '.attn.proj')
+        hdn = _ln(tok, st, b + '.norm2', eps)
+        hdn = _lin(hdn, st, b + '.mlp.fc1')
         hdn = 0.5 * hdn * (1 + scipy.special.erf(hdn / math.sqrt(2)))
-        tok = tok + lin(hdn, b + '.mlp.fc2')
-    tok = ln(tok, 'norm')
-    return tok[:, r:]
+        tok = tok + _lin(hdn, st, b + '.mlp.fc2')
+    return _ln(tok, st, 'norm', eps)
 
 
-def full_checkpoint(cfg, rng):
-    target = official_encoder_state(cfg, rng)
-    context = official_encoder_state(cfg, rng)
+def _sincos(n, d):
+    position = np.arange(n)[:, None]
+    div = np.exp(np.arange(0, d, 2) * (-math.log(10000.0) / d))
+    pos = np.zeros((n, d))
+    pos[:, 0::2] = np.sin(position * div)
+    pos[:, 1::2] = np.cos(position * div)
+    return pos
+
+
+def reference_predictor(state, cfg, context, keep, predict):
+    """Official predictor forward in float64 numpy for one example.
+
+    context (K, dim) at patches `keep`; returns (P, dim) at patches `predict`:
+    embed + positions, then one mask token + position per predicted patch
+    appended, blocks, norm, the appended tokens, proj.
+    """
+    st = {k: v.astype(np.float64) for k, v in state.items()}
+    n = cfg['channel_size'] // cfg['patch_size']
+    pos = _sincos(n, cfg['pred_dim'])
+    x = _lin(context.astype(np.float64), st, 'embed') + pos[keep]
+    queries = st['mask_token'][0] + pos[predict]
+    tok = np.concatenate([x, queries])[None]
+    tok = _reference_blocks(tok, st, cfg['pred_depth'], cfg['pred_num_heads'], cfg['norm_eps'])
+    return _lin(tok[0, len(keep):], st, 'proj')
+
+
+def full_checkpoint(cfg, rng, norm_bias=None):
+    target = official_encoder_state(cfg, rng, norm_bias)
+    context = official_encoder_state(cfg, rng, norm_bias)
     model = {f'target_encoder.{k}': v for k, v in target.items()}
     model.update({f'encoder.{k}': v for k, v in context.items()})
     model['predictor.mask_token'] = np.zeros((1, 1, cfg['pred_dim']), np.float32)
@@ -207,6 +258,93 @@ def test_bad_checkpoints_are_refused():
         torch_import.convert_checkpoint({'model': broken, 'config': cfg})
     with pytest.raises(ValueError, match='no target_encoder'):
         torch_import.convert_checkpoint({'model': {'foo.bar': np.zeros(1)}, 'config': cfg})
+
+
+def test_first_release_checkpoint_with_norm_biases(tmp_path):
+    """LayerNorm biases under bias=False (the first release) import as norm_bias."""
+    rng = np.random.default_rng(4)
+    cfg = official_config()
+    assert cfg['bias'] is False
+    ckpt, target = full_checkpoint(cfg, rng, norm_bias=True)
+    assert {'blocks.0.norm1.bias', 'blocks.1.norm2.bias', 'norm.bias'} <= set(target)
+    enc = torch_import.import_torch_checkpoint('first.pt', str(tmp_path / 'enc'),
+                                               checkpoint=ckpt)
+    assert enc.config.norm_bias and not enc.config.bias and enc.config.init == 'xavier'
+    p = enc.params
+    np.testing.assert_array_equal(p['blocks_1']['norm2']['bias'], target['blocks.1.norm2.bias'])
+    np.testing.assert_array_equal(p['norm']['bias'], target['norm.bias'])
+    assert 'bias' not in p['blocks_0']['attn']['proj'] and 'bias' not in p['patch_embed']
+    x_bct = rng.standard_normal((2, 12, cfg['channel_size'])).astype(np.float32)
+    want = reference_forward(target, cfg, x_bct)
+    got = np.asarray(enc.tokens(x_bct.transpose(0, 2, 1)))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    # The biases matter: without them the reference differs.
+    no_ln_bias = {k: v for k, v in target.items() if not k.endswith('norm1.bias')}
+    assert np.abs(reference_forward(no_ln_bias, cfg, x_bct) - want).max() > 1e-2
+    loaded = encoder_lib.read_encoder(str(tmp_path / 'enc'))
+    assert loaded.config == enc.config
+    np.testing.assert_allclose(np.asarray(loaded.tokens(x_bct.transpose(0, 2, 1))), got,
+                               atol=1e-6)
+    # Checkpoints without LayerNorm biases keep the defaults.
+    later, _, _ = torch_import.convert_checkpoint(full_checkpoint(cfg, rng)[0])
+    assert (later.norm_bias, later.init) == (False, 'trunc_normal')
+
+
+def _predictor_inputs(mc, rng, k=10):
+    n = mc.num_patches
+    keep = np.sort(rng.choice(n, size=k, replace=False)).astype(np.int32)
+    predict_mask = np.ones(n, bool)
+    predict_mask[keep] = False
+    context = rng.standard_normal((k, mc.dim)).astype(np.float32)
+    return context, keep, predict_mask
+
+
+@pytest.mark.parametrize('overrides,norm_bias', [
+    ({}, None), ({'pred_depth': 2}, True), ({'bias': True, 'qkv_bias': True}, None)])
+def test_convert_predictor_state_matches_reference(overrides, norm_bias):
+    import jax
+    from jepa_ecg.models import build_predictor
+    rng = np.random.default_rng(5)
+    cfg = official_config(**overrides)
+    mc, _ = torch_import.model_config_from_torch(
+        cfg, official_encoder_state(cfg, rng, norm_bias))
+    assert mc.norm_bias == bool(norm_bias)
+    state = official_predictor_state(cfg, rng, norm_bias)
+    params = torch_import.convert_predictor_state(state, mc)
+    context, keep, predict_mask = _predictor_inputs(mc, rng)
+    pred = build_predictor(mc)
+    args = (context[None], keep[None], np.ones((1, len(keep)), bool), predict_mask[None])
+    want_tree = jax.eval_shape(pred.init, jax.random.PRNGKey(0), *args)['params']
+    assert (jax.tree_util.tree_structure(want_tree) ==
+            jax.tree_util.tree_structure(params))
+    assert all(a.shape == b.shape for a, b in zip(jax.tree_util.tree_leaves(want_tree),
+                                                  jax.tree_util.tree_leaves(params)))
+    got = np.asarray(pred.apply({'params': params}, *args))[0, predict_mask]
+    want = reference_predictor(state, cfg, context, keep, np.nonzero(predict_mask)[0])
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    # Any arrays in that layout convert (e.g. AdamW moments): leafwise squares.
+    squared = torch_import.convert_predictor_state({k: v ** 2 for k, v in state.items()}, mc)
+    for a, b in zip(jax.tree_util.tree_leaves(squared), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_allclose(a, b ** 2, rtol=1e-6)
+
+
+def test_convert_predictor_state_refuses_bad_keys():
+    rng = np.random.default_rng(6)
+    cfg = official_config()
+    mc, _ = torch_import.model_config_from_torch(cfg, official_encoder_state(cfg, rng))
+    state = official_predictor_state(cfg, rng)
+    torch_import.convert_predictor_state(state, mc)
+    missing = {k: v for k, v in state.items() if k != 'proj.weight'}
+    with pytest.raises(ValueError, match=r"missing 'proj\.weight' in the predictor"):
+        torch_import.convert_predictor_state(missing, mc)
+    extra = {**state, 'blocks.7.norm1.weight': np.ones(16, np.float32)}
+    with pytest.raises(ValueError, match=r'unexpected .*blocks\.7\.norm1\.weight'):
+        torch_import.convert_predictor_state(extra, mc)
+    with pytest.raises(ValueError, match=r'unexpected .*norm\.bias'):
+        torch_import.convert_predictor_state({**state, 'norm.bias': np.zeros(16)}, mc)
+    wrong = {**state, 'mask_token': np.zeros((1, 1, 17), np.float32)}
+    with pytest.raises(ValueError, match=r"'mask_token' has shape"):
+        torch_import.convert_predictor_state(wrong, mc)
 
 
 def test_torch_missing_gives_install_hint(monkeypatch):

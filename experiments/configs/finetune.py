@@ -62,6 +62,11 @@ def get_config(arg: str = 'linear') -> ml_collections.ConfigDict:
     c.model.fs = a.fs
     c.model.patch_size = ml_collections.FieldReference(None, field_type=int)
     c.model.window_seconds = 10.0
+    # Kernel init (jepa_ecg.models.config.INITS) and LayerNorm biases of a
+    # `random:<variant>` model. A loaded encoder brings its own (recorded in
+    # its directory), and the head follows the encoder's init.
+    c.model.init = 'trunc_normal'
+    c.model.norm_bias = False
 
     c.data = ml_collections.ConfigDict()
     c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir

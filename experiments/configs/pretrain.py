@@ -46,6 +46,10 @@ def get_config(arg: str = 'vit_xs,synthetic') -> ml_collections.ConfigDict:
     c.model.window_seconds = 10.0
     c.model.patch_size = ml_collections.FieldReference(None, field_type=int)
     c.model.num_registers = 1
+    # Kernel init (jepa_ecg.models.config.INITS): 'xavier' and norm_bias=True
+    # reproduce the official first release (the published numbers).
+    c.model.init = 'trunc_normal'
+    c.model.norm_bias = False  # True: LayerNorm biases even with bias=False
     c.dtype = a.dtype
 
     c.data = ml_collections.ConfigDict()
@@ -79,6 +83,10 @@ def get_config(arg: str = 'vit_xs,synthetic') -> ml_collections.ConfigDict:
     c.grad_accum_steps = 1
     c.ema_momentum = 0.998
     c.final_ema_momentum = 0.9995
+    # True: with grad_accum_steps > 1, one EMA update per micro-batch (the
+    # momentum schedule advancing that many times per step), as the
+    # published ViT-B runs did.
+    c.ema_per_micro_batch = False
 
     c.log_every = 100
     c.rank_every = 100

@@ -19,6 +19,11 @@ Layout differences handled here (PyTorch -> Flax):
     The qkv output is ordered [q; k; v], each split into heads contiguously,
     which is exactly our reshape of the qkv Dense output to (3, heads, head_dim).
   * LayerNorm `weight`/`bias` -> `scale`/`bias`; `registers` (1, R, dim) as is.
+    Checkpoints of the first release have LayerNorm biases although their
+    config says `bias: False`; they are recognised by those keys and
+    converted with `norm_bias=True`.
+  * The predictor (`predictor.*`) converts the same way
+    (`convert_predictor_state`); `mask_token` (1, 1, pred_dim) as is.
   * The official config names leads with `AVR` spelling and fixes their order
     (`channels`); the encoder keeps that order (matched by name at inference).
 The sin-cos positional embedding is a non-persistent buffer in PyTorch and a
@@ -42,6 +47,8 @@ from jepa_ecg.models.config import VARIANTS, ModelConfig
 PREFIXES = ('target_encoder.', 'encoder.')
 # Wrappers that prefix every key: DistributedDataParallel, torch.compile.
 _WRAPPER_PREFIXES = ('module.', '_orig_mod.')
+# LayerNorm biases of an encoder state dict.
+_NORM_BIAS = re.compile(r'(blocks\.\d+\.norm[12]|norm)\.bias')
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -101,7 +108,10 @@ def model_config_from_torch(config: Mapping[str, Any], state: Mapping[str, np.nd
       config: the checkpoint's `config` (keys dim, depth, num_heads,
         patch_size, channel_size, sampling_frequency, channels, ...).
       state: the encoder state dict, used to fill what the config lacks
-        (dim, depth, patch size, registers).
+        (dim, depth, patch size, registers) and to recognise first-release
+        checkpoints: LayerNorm biases with bias=False give norm_bias=True
+        and init='xavier' (how that release initialised its models; it is
+        what heads fine-tuned on the encoder get).
 
     Returns:
       (ModelConfig, lead names in the model's input order).
@@ -126,6 +136,13 @@ def model_config_from_torch(config: Mapping[str, Any], state: Mapping[str, np.nd
     channel_size = int(config.get('channel_size', round(10 * fs)))
     if 'num_heads' not in config:
         raise ValueError('the checkpoint config lacks num_heads (cannot be read off the weights)')
+    bias = bool(config.get('bias', False))
+    # The first official release gave LayerNorms a bias even with bias=False
+    # (and initialised every kernel xavier-uniform): its checkpoints carry
+    # norm biases the config does not announce.
+    first_release = not bias and any(_NORM_BIAS.fullmatch(k) for k in state)
+    norm_bias = bool(config.get('norm_bias', False)) or first_release
+    init = str(config.get('init') or ('xavier' if first_release else 'trunc_normal'))
     regs = state.get('registers')
     num_registers = int(config.get('num_registers',
                                    regs.shape[1] if regs is not None else 0))
@@ -139,20 +156,77 @@ def model_config_from_torch(config: Mapping[str, Any], state: Mapping[str, np.nd
         pred_num_heads=int(config.get('pred_num_heads', config['num_heads'])),
         mlp_ratio=float(config.get('mlp_ratio', 4.0)), num_leads=num_leads, fs=fs,
         window_seconds=channel_size / fs, patch_size=patch, num_registers=num_registers,
-        bias=bool(config.get('bias', False)), qkv_bias=bool(config.get('qkv_bias', False)),
-        norm_eps=float(config.get('norm_eps', 1e-6)))
+        bias=bias, qkv_bias=bool(config.get('qkv_bias', False)),
+        norm_eps=float(config.get('norm_eps', 1e-6)), init=init, norm_bias=norm_bias)
     if channel_size % patch:
         raise ValueError(f'channel_size {channel_size} is not a multiple of patch_size {patch}')
     return cfg, leads
 
 
-def convert_encoder_state(state: Mapping[str, np.ndarray], cfg: ModelConfig) -> dict:
+class _StateReader:
+    """Takes the entries of one module's state dict, checking shapes and use.
+
+    Values may be tensors or arrays of any meaning (weights, or AdamW
+    moments laid out like them); they come back as float32 numpy arrays.
+    """
+
+    def __init__(self, state: Mapping[str, Any], what: str):
+        self.state = {k: _to_numpy(v) for k, v in state.items()
+                      if k != 'pos_embed'}  # a buffer, recomputed
+        self.what = what
+        self.used: set[str] = set()
+
+    def take(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
+        if key not in self.state:
+            raise ValueError(f'missing {key!r} in the {self.what} state dict')
+        value = self.state[key]
+        if value.shape != shape:
+            raise ValueError(f'{key!r} has shape {value.shape}, expected {shape}')
+        self.used.add(key)
+        return value
+
+    def linear(self, prefix: str, d_in: int, d_out: int, bias: bool) -> dict:
+        """nn.Linear weight (out, in) [+ bias] -> Dense {'kernel': (in, out)[, 'bias']}."""
+        out = {'kernel': np.ascontiguousarray(self.take(prefix + '.weight', (d_out, d_in)).T)}
+        if bias:
+            out['bias'] = self.take(prefix + '.bias', (d_out,))
+        return out
+
+    def norm(self, prefix: str, dim: int, bias: bool) -> dict:
+        out = {'scale': self.take(prefix + '.weight', (dim,))}
+        if bias:
+            out['bias'] = self.take(prefix + '.bias', (dim,))
+        return out
+
+    def block(self, prefix: str, dim: int, cfg: ModelConfig) -> dict:
+        """One pre-LN transformer block of width `dim` (layers.Block's params)."""
+        hidden = int(dim * cfg.mlp_ratio)
+        ln_bias = cfg.bias or cfg.norm_bias
+        return {
+            'norm1': self.norm(f'{prefix}.norm1', dim, ln_bias),
+            'attn': {'qkv': self.linear(f'{prefix}.attn.qkv', dim, 3 * dim, cfg.qkv_bias),
+                     'proj': self.linear(f'{prefix}.attn.proj', dim, dim, cfg.bias)},
+            'norm2': self.norm(f'{prefix}.norm2', dim, ln_bias),
+            'mlp': {'fc1': self.linear(f'{prefix}.mlp.fc1', dim, hidden, cfg.bias),
+                    'fc2': self.linear(f'{prefix}.mlp.fc2', hidden, dim, cfg.bias)},
+        }
+
+    def check_all_used(self) -> None:
+        unused = sorted(set(self.state) - self.used)
+        if unused:
+            raise ValueError(f'unexpected entries in the {self.what} state dict: {unused[:8]}'
+                             f'{" ..." if len(unused) > 8 else ""}')
+
+
+def convert_encoder_state(state: Mapping[str, Any], cfg: ModelConfig) -> dict:
     """Converts an official encoder state dict (prefix removed) to Flax params.
 
     Args:
       state: {'patch_embed.proj.weight': (dim, leads, patch), 'registers':
         (1, R, dim), 'blocks.{i}.norm1.weight', 'blocks.{i}.attn.qkv.weight'
-        (3*dim, dim), ..., 'norm.weight'} as numpy arrays.
+        (3*dim, dim), ..., 'norm.weight'} as numpy arrays (or tensors). Any
+        arrays in that layout convert, e.g. AdamW moments of the weights.
+        LayerNorm biases are expected when cfg.bias or cfg.norm_bias.
       cfg: the model config (see `model_config_from_torch`).
 
     Returns:
@@ -161,56 +235,49 @@ def convert_encoder_state(state: Mapping[str, np.ndarray], cfg: ModelConfig) -> 
     Raises:
       ValueError: on missing, unexpected or mis-shaped entries.
     """
-    state = {k: np.asarray(v, np.float32) for k, v in state.items()
-             if k != 'pos_embed'}  # a buffer, recomputed
-    used: set[str] = set()
-
-    def take(key: str, shape: tuple[int, ...]) -> np.ndarray:
-        if key not in state:
-            raise ValueError(f'missing {key!r} in the encoder state dict')
-        value = state[key]
-        if value.shape != shape:
-            raise ValueError(f'{key!r} has shape {value.shape}, expected {shape}')
-        used.add(key)
-        return value
-
-    def linear(prefix: str, d_in: int, d_out: int, bias: bool) -> dict:
-        out = {'kernel': np.ascontiguousarray(take(prefix + '.weight', (d_out, d_in)).T)}
-        if bias:
-            out['bias'] = take(prefix + '.bias', (d_out,))
-        return out
-
-    def norm(prefix: str) -> dict:
-        out = {'scale': take(prefix + '.weight', (cfg.dim,))}
-        if cfg.bias:
-            out['bias'] = take(prefix + '.bias', (cfg.dim,))
-        return out
-
+    r = _StateReader(state, 'encoder')
     d, c, p = cfg.dim, cfg.num_leads, cfg.patch_size
-    conv = take('patch_embed.proj.weight', (d, c, p))
+    conv = r.take('patch_embed.proj.weight', (d, c, p))
     # (dim, leads, patch) -> (patch, leads, dim) -> rows p * leads + c.
     params: dict[str, Any] = {
         'patch_embed': {'kernel': np.ascontiguousarray(conv.transpose(2, 1, 0).reshape(p * c, d))}}
     if cfg.bias:
-        params['patch_embed']['bias'] = take('patch_embed.proj.bias', (d,))
+        params['patch_embed']['bias'] = r.take('patch_embed.proj.bias', (d,))
     if cfg.num_registers:
-        params['registers'] = take('registers', (1, cfg.num_registers, d))
-    hidden = int(d * cfg.mlp_ratio)
+        params['registers'] = r.take('registers', (1, cfg.num_registers, d))
     for i in range(cfg.depth):
-        b = f'blocks.{i}'
-        params[f'blocks_{i}'] = {
-            'norm1': norm(f'{b}.norm1'),
-            'attn': {'qkv': linear(f'{b}.attn.qkv', d, 3 * d, cfg.qkv_bias),
-                     'proj': linear(f'{b}.attn.proj', d, d, cfg.bias)},
-            'norm2': norm(f'{b}.norm2'),
-            'mlp': {'fc1': linear(f'{b}.mlp.fc1', d, hidden, cfg.bias),
-                    'fc2': linear(f'{b}.mlp.fc2', hidden, d, cfg.bias)},
-        }
-    params['norm'] = norm('norm')
-    unused = sorted(set(state) - used)
-    if unused:
-        raise ValueError(f'unexpected entries in the encoder state dict: {unused[:8]}'
-                         f'{" ..." if len(unused) > 8 else ""}')
+        params[f'blocks_{i}'] = r.block(f'blocks.{i}', d, cfg)
+    params['norm'] = r.norm('norm', d, cfg.bias or cfg.norm_bias)
+    r.check_all_used()
+    return params
+
+
+def convert_predictor_state(state: Mapping[str, Any], cfg: ModelConfig) -> dict:
+    """Converts an official predictor state dict (`predictor.` removed) to Flax params.
+
+    Args:
+      state: {'embed.weight': (pred_dim, dim) [+ 'embed.bias'], 'mask_token':
+        (1, 1, pred_dim), 'blocks.{i}.norm1/attn.qkv/attn.proj/norm2/mlp.fc1/
+        mlp.fc2.*', 'norm.weight' (pred_dim) [+ 'norm.bias'], 'proj.weight'
+        (dim, pred_dim) [+ 'proj.bias']} as numpy arrays (or tensors). Any
+        arrays in that layout convert, e.g. AdamW moments of the weights.
+      cfg: the model config (pred_dim, pred_depth, bias switches, norm_bias).
+
+    Returns:
+      the params pytree of `build_predictor(cfg)`.
+
+    Raises:
+      ValueError: on missing, unexpected or mis-shaped entries.
+    """
+    r = _StateReader(state, 'predictor')
+    d, pd = cfg.dim, cfg.pred_dim
+    params: dict[str, Any] = {'embed': r.linear('embed', d, pd, cfg.bias),
+                              'mask_token': r.take('mask_token', (1, 1, pd))}
+    for i in range(cfg.pred_depth):
+        params[f'blocks_{i}'] = r.block(f'blocks.{i}', pd, cfg)
+    params['norm'] = r.norm('norm', pd, cfg.bias or cfg.norm_bias)
+    params['proj'] = r.linear('proj', pd, d, cfg.bias)
+    r.check_all_used()
     return params
 
 

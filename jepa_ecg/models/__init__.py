@@ -26,7 +26,8 @@ def build_encoder(cfg: ModelConfig, *, dropout: float = 0.0, dtype: str | None =
         dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, patch_size=cfg.patch_size,
         num_patches=cfg.num_patches, num_leads=cfg.num_leads, mlp_ratio=cfg.mlp_ratio,
         num_registers=cfg.num_registers, bias=cfg.bias, qkv_bias=cfg.qkv_bias,
-        norm_eps=cfg.norm_eps, dropout=dropout, dtype=compute_dtype(dtype or cfg.dtype))
+        norm_eps=cfg.norm_eps, dropout=dropout, dtype=compute_dtype(dtype or cfg.dtype),
+        weight_init=cfg.init, norm_bias=cfg.norm_bias)
 
 
 def build_predictor(cfg: ModelConfig, *, dtype: str | None = None) -> Predictor:
@@ -34,7 +35,8 @@ def build_predictor(cfg: ModelConfig, *, dtype: str | None = None) -> Predictor:
         dim=cfg.dim, pred_dim=cfg.pred_dim, depth=cfg.pred_depth, num_heads=cfg.pred_num_heads,
         num_patches=cfg.num_patches, residual_depth=cfg.depth, mlp_ratio=cfg.mlp_ratio,
         bias=cfg.bias, qkv_bias=cfg.qkv_bias, norm_eps=cfg.norm_eps,
-        dtype=compute_dtype(dtype or cfg.dtype))
+        dtype=compute_dtype(dtype or cfg.dtype), weight_init=cfg.init,
+        norm_bias=cfg.norm_bias)
 
 
 __all__ = ['VARIANTS', 'ModelConfig', 'model_config', 'AttentivePooler', 'Block',

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jepa_ecg.models.config import ModelConfig
-from jepa_ecg.models.layers import AttentivePooler, trunc_normal
+from jepa_ecg.models.layers import AttentivePooler, kernel_init
 from jepa_ecg.models.vit import VisionTransformer
 
 HEADS = ('attentive', 'register')
@@ -49,10 +49,11 @@ class AttentiveClassifier(nn.Module):
             tokens = jax.lax.stop_gradient(tokens)
         enc = self.encoder
         # The pooler's layers follow the encoder's bias switches (no biases in
-        # ECG-JEPA), so the class projection has no bias either.
+        # ECG-JEPA), so the class projection has no bias either; its kernels
+        # follow the encoder's init.
         logits = AttentivePooler(enc.dim, enc.num_heads, self.num_classes, num_queries=1,
                                  qkv_bias=enc.qkv_bias, bias=enc.bias, dtype=enc.dtype,
-                                 name='head')(tokens)
+                                 weight_init=enc.weight_init, name='head')(tokens)
         return logits[:, 0].astype(jnp.float32)
 
 
@@ -63,6 +64,8 @@ class RegisterClassifier(nn.Module):
       encoder: the ViT; needs num_registers >= 1.
       num_classes: output size.
       use_bias: bias of the linear layer (off in the reference protocol).
+
+    The layer's kernel follows the encoder's init.
     """
     encoder: VisionTransformer
     num_classes: int
@@ -75,7 +78,8 @@ class RegisterClassifier(nn.Module):
             raise ValueError('RegisterClassifier needs an encoder with a register token')
         tokens = self.encoder(x, keep_registers=True, deterministic=deterministic)
         logits = nn.Dense(self.num_classes, use_bias=self.use_bias, dtype=self.encoder.dtype,
-                          kernel_init=trunc_normal(0.02), name='head')(tokens[:, 0])
+                          kernel_init=kernel_init(self.encoder.weight_init),
+                          name='head')(tokens[:, 0])
         return logits.astype(jnp.float32)
 
 

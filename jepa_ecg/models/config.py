@@ -15,6 +15,14 @@ VARIANTS: dict[str, dict[str, int]] = {
 
 PATCH_SECONDS = 0.05  # one token = 50 ms of all leads
 
+# Weight initialisations of Linear/Conv kernels (encoder, predictor, heads):
+# 'trunc_normal': N(0, 0.02) truncated, the two residual projections of each
+#   block (attn.proj, mlp.fc2) at 0.02 / sqrt(2 * depth) (the later official code);
+# 'xavier': xavier-uniform on torch's fan_in + fan_out, no depth scaling (the
+#   official first release, behind the published numbers).
+# Registers, the mask token and the pooler query are N(0, 0.02) in both.
+INITS = ('trunc_normal', 'xavier')
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -23,6 +31,9 @@ class ModelConfig:
     `patch_size` defaults to 50 ms at `fs` (25 samples at 500 Hz, 5 at 100 Hz).
     `num_patches` is the number of positions of the full pre-training window;
     shorter inputs (e.g. 2.5 s fine-tuning crops) use its first positions.
+    `init` is one of INITS. `bias` switches the Linear/Conv biases and the
+    LayerNorm biases; `norm_bias` gives the LayerNorms a bias whatever
+    `bias` says (the first official release did, with `bias: False`).
     """
     variant: str = 'XS'
     dim: int = 192
@@ -41,6 +52,12 @@ class ModelConfig:
     qkv_bias: bool = False
     norm_eps: float = 1e-6
     dtype: str = 'float32'
+    init: str = 'trunc_normal'
+    norm_bias: bool = False
+
+    def __post_init__(self):
+        if self.init not in INITS:
+            raise ValueError(f'unknown init {self.init!r}; choose from {INITS}')
 
     @property
     def window_samples(self) -> int:
@@ -91,8 +108,9 @@ def model_config_from(config: Any, variant: str | None = None) -> ModelConfig:
 
     Args:
       config: a config with `model.fs`, `model.window_seconds`, optional
-        `model.variant`, `model.patch_size` (None: 50 ms at fs) and
-        `model.num_registers`, and optional `dtype`.
+        `model.variant`, `model.patch_size` (None: 50 ms at fs),
+        `model.num_registers`, `model.init` (None: 'trunc_normal') and
+        `model.norm_bias`, and optional `dtype`.
       variant: the variant, when the config does not name it.
 
     Returns:
@@ -105,6 +123,10 @@ def model_config_from(config: Any, variant: str | None = None) -> ModelConfig:
     overrides = {}
     if m.get('num_registers') is not None:
         overrides['num_registers'] = int(m.num_registers)
+    if m.get('init') is not None:
+        overrides['init'] = str(m.init)
+    if m.get('norm_bias') is not None:
+        overrides['norm_bias'] = bool(m.norm_bias)
     return model_config(variant, fs=m.fs, window_seconds=m.window_seconds,
                         patch_size=m.get('patch_size'), dtype=config.get('dtype', 'float32'),
                         **overrides)

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jepa_ecg.models.config import INITS
+
 Dtype = Any
 
 
@@ -24,6 +26,35 @@ def trunc_normal(stddev: float = 0.02, bound: float = 2.0):
         lim = bound / stddev
         return jax.random.truncated_normal(key, -lim, lim, shape, jnp.float32).astype(dtype) * stddev
     return init
+
+
+def xavier_uniform(fan_in: Optional[int] = None, fan_out: Optional[int] = None):
+    """Uniform(-a, a) with a = sqrt(6 / (fan_in + fan_out)), torch's xavier-uniform.
+
+    The fans default to those of a Dense kernel (in, out); layers whose torch
+    counterpart counts them otherwise (a Conv1d counts the kernel width in
+    both) pass them explicitly.
+    """
+    def init(key, shape, dtype=jnp.float32):
+        fi = shape[-2] if fan_in is None else fan_in
+        fo = shape[-1] if fan_out is None else fan_out
+        a = math.sqrt(6.0 / (fi + fo))
+        return jax.random.uniform(key, shape, jnp.float32, -a, a).astype(dtype)
+    return init
+
+
+def kernel_init(init: str, std: float = 0.02, fan_in: Optional[int] = None,
+                fan_out: Optional[int] = None):
+    """The initialiser of a Linear/Conv kernel under a ModelConfig `init`.
+
+    'trunc_normal': trunc_normal(std) (std carries any depth scaling);
+    'xavier': xavier_uniform(fan_in, fan_out), whatever `std` says.
+    """
+    if init == 'trunc_normal':
+        return trunc_normal(std)
+    if init == 'xavier':
+        return xavier_uniform(fan_in, fan_out)
+    raise ValueError(f'unknown init {init!r}; choose from {INITS}')
 
 
 def sincos_pos_embed(dim: int, num_positions: int) -> np.ndarray:
@@ -295,14 +326,16 @@ class Attention(nn.Module):
     dropout: float = 0.0
     proj_std: float = 0.02
     dtype: Dtype = jnp.float32
+    weight_init: str = 'trunc_normal'
 
     @nn.compact
     def __call__(self, x, key_valid=None, deterministic: bool = True):
         b, n, d = x.shape
         h = self.num_heads
         head_dim = self.dim // h
-        w_qkv, b_qkv = DenseParams(3 * self.dim, self.qkv_bias, trunc_normal(0.02), name='qkv')(d)
-        w_proj, b_proj = DenseParams(self.dim, self.bias, trunc_normal(self.proj_std),
+        init = self.weight_init
+        w_qkv, b_qkv = DenseParams(3 * self.dim, self.qkv_bias, kernel_init(init), name='qkv')(d)
+        w_proj, b_proj = DenseParams(self.dim, self.bias, kernel_init(init, self.proj_std),
                                      name='proj')(self.dim)
         scale = jnp.concatenate([jnp.full((self.dim,), head_dim ** -0.5, jnp.float32),
                                  jnp.ones((2 * self.dim,), jnp.float32)])
@@ -326,13 +359,16 @@ class Mlp(nn.Module):
     dropout: float = 0.0
     fc2_std: float = 0.02
     dtype: Dtype = jnp.float32
+    weight_init: str = 'trunc_normal'
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        x = Dense(self.hidden_dim, self.bias, self.dtype, trunc_normal(0.02), name='fc1')(x)
+        init = self.weight_init
+        x = Dense(self.hidden_dim, self.bias, self.dtype, kernel_init(init), name='fc1')(x)
         x = gelu_exact(x.astype(jnp.float32)).astype(self.dtype)
         x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
-        x = Dense(self.out_dim, self.bias, self.dtype, trunc_normal(self.fc2_std), name='fc2')(x)
+        x = Dense(self.out_dim, self.bias, self.dtype, kernel_init(init, self.fc2_std),
+                  name='fc2')(x)
         return nn.Dropout(self.dropout)(x, deterministic=deterministic)
 
 
@@ -348,7 +384,9 @@ class Block(nn.Module):
     The residual stream `x` and the LayerNorms are float32; only the matmul
     inputs (and outputs) of attention and MLP are in `dtype`, whose results
     are added back in float32. `residual_depth` sets the scaled init std
-    0.02 / sqrt(2 * residual_depth) of the two residual projections.
+    0.02 / sqrt(2 * residual_depth) of the two residual projections under
+    weight_init='trunc_normal' ('xavier' has no depth scaling). The
+    LayerNorms have a bias when `bias` or `norm_bias`.
     """
     dim: int
     num_heads: int
@@ -359,18 +397,21 @@ class Block(nn.Module):
     norm_eps: float = 1e-6
     residual_depth: int = 1
     dtype: Dtype = jnp.float32
+    weight_init: str = 'trunc_normal'
+    norm_bias: bool = False
 
     @nn.compact
     def __call__(self, x, key_valid=None, deterministic: bool = True):
         res_std = 0.02 / math.sqrt(2 * self.residual_depth)
+        ln_bias = self.bias or self.norm_bias
         x = x.astype(jnp.float32)
-        h = layer_norm(self.bias, self.norm_eps, 'norm1')(x)
-        h = Attention(self.dim, self.num_heads, self.qkv_bias, self.bias, self.dropout,
-                      res_std, self.dtype, name='attn')(h, key_valid, deterministic)
+        h = layer_norm(ln_bias, self.norm_eps, 'norm1')(x)
+        h = Attention(self.dim, self.num_heads, self.qkv_bias, self.bias, self.dropout, res_std,
+                      self.dtype, self.weight_init, name='attn')(h, key_valid, deterministic)
         x = x + h.astype(jnp.float32)
-        h = layer_norm(self.bias, self.norm_eps, 'norm2')(x)
+        h = layer_norm(ln_bias, self.norm_eps, 'norm2')(x)
         h = Mlp(int(self.dim * self.mlp_ratio), self.dim, self.bias, self.dropout,
-                res_std, self.dtype, name='mlp')(h, deterministic)
+                res_std, self.dtype, self.weight_init, name='mlp')(h, deterministic)
         return x + h.astype(jnp.float32)
 
 
@@ -378,7 +419,8 @@ class AttentivePooler(nn.Module):
     """One learnable query cross-attends over tokens and projects to `out_dim`.
 
     This is the linear-probe head: no MLP, the attention output projection
-    maps straight to the classes.
+    maps straight to the classes. `weight_init` sets the q/kv/proj kernels;
+    the query token is N(0, 0.02) either way.
     """
     dim: int
     num_heads: int
@@ -387,6 +429,7 @@ class AttentivePooler(nn.Module):
     qkv_bias: bool = False
     bias: bool = False
     dtype: Dtype = jnp.float32
+    weight_init: str = 'trunc_normal'
 
     @nn.compact
     def __call__(self, x, key_valid=None):
@@ -394,11 +437,12 @@ class AttentivePooler(nn.Module):
         head_dim = self.dim // self.num_heads
         query = self.param('query_token', trunc_normal(0.02), (1, self.num_queries, self.dim))
         query = jnp.broadcast_to(query, (b, self.num_queries, self.dim))
-        q = Dense(self.dim, self.qkv_bias, self.dtype, trunc_normal(0.02), name='q')(query)
-        kv = Dense(2 * self.dim, self.qkv_bias, self.dtype, trunc_normal(0.02), name='kv')(x)
+        init = kernel_init(self.weight_init)
+        q = Dense(self.dim, self.qkv_bias, self.dtype, init, name='q')(query)
+        kv = Dense(2 * self.dim, self.qkv_bias, self.dtype, init, name='kv')(x)
         kv = kv.reshape(b, n, 2, self.num_heads, head_dim)
         q = q.reshape(b, self.num_queries, self.num_heads, head_dim)
         out = multihead_attention(q, kv[:, :, 0], kv[:, :, 1], attention_scores_mask(key_valid))
         out = out.reshape(b, self.num_queries, self.dim)
-        out = Dense(self.out_dim, self.bias, self.dtype, trunc_normal(0.02), name='proj')(out)
+        out = Dense(self.out_dim, self.bias, self.dtype, init, name='proj')(out)
         return out  # (B, num_queries, out_dim)

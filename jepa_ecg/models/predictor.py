@@ -8,7 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jepa_ecg.models.layers import Block, Dense, layer_norm, sincos_pos_embed, trunc_normal
+from jepa_ecg.models.layers import (Block, Dense, kernel_init, layer_norm, sincos_pos_embed,
+                                     trunc_normal)
 
 Dtype = Any
 
@@ -22,6 +23,9 @@ class Predictor(nn.Module):
     patch. Attention is permutation-equivariant, so laying the tokens out in
     patch order gives the same outputs as [kept..., masked...] ordering while
     avoiding gathers and padding (the sequence is always N tokens long).
+    `weight_init` (ModelConfig.init) sets the embed/blocks/proj kernels (the
+    mask token is N(0, 0.02) either way); the LayerNorms have a bias when
+    `bias` or `norm_bias`.
     """
     dim: int
     pred_dim: int
@@ -34,6 +38,8 @@ class Predictor(nn.Module):
     qkv_bias: bool = False
     norm_eps: float = 1e-6
     dtype: Dtype = jnp.float32
+    weight_init: str = 'trunc_normal'
+    norm_bias: bool = False
 
     @nn.compact
     def __call__(self, context: jax.Array, keep_idx: jax.Array, keep_valid: jax.Array,
@@ -50,7 +56,7 @@ class Predictor(nn.Module):
           bfloat16; the token stream and LayerNorms are float32.
         """
         n = predict_mask.shape[1]
-        embedded = Dense(self.pred_dim, self.bias, self.dtype, trunc_normal(0.02),
+        embedded = Dense(self.pred_dim, self.bias, self.dtype, kernel_init(self.weight_init),
                          name='embed')(context).astype(jnp.float32)
         # Place each valid context token at its patch position (padding lands nowhere).
         placement = (jax.nn.one_hot(keep_idx, n, dtype=jnp.float32) *
@@ -63,7 +69,8 @@ class Predictor(nn.Module):
         for i in range(self.depth):
             tokens = Block(self.pred_dim, self.num_heads, self.mlp_ratio, self.qkv_bias,
                            self.bias, 0.0, self.norm_eps, residual_depth=self.residual_depth,
-                           dtype=self.dtype, name=f'blocks_{i}')(tokens)
-        tokens = layer_norm(self.bias, self.norm_eps, 'norm')(tokens)
-        return Dense(self.dim, self.bias, self.dtype, trunc_normal(0.02),
+                           dtype=self.dtype, weight_init=self.weight_init,
+                           norm_bias=self.norm_bias, name=f'blocks_{i}')(tokens)
+        tokens = layer_norm(self.bias or self.norm_bias, self.norm_eps, 'norm')(tokens)
+        return Dense(self.dim, self.bias, self.dtype, kernel_init(self.weight_init),
                      name='proj')(tokens).astype(jnp.float32)

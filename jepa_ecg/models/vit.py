@@ -8,7 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jepa_ecg.models.layers import Block, Dense, layer_norm, sincos_pos_embed, trunc_normal
+from jepa_ecg.models.layers import (Block, Dense, kernel_init, layer_norm, sincos_pos_embed,
+                                     trunc_normal)
 
 Dtype = Any
 
@@ -28,6 +29,11 @@ class VisionTransformer(nn.Module):
     (kernel = stride = patch_size), written as reshape + matmul. Under a
     bfloat16 `dtype` only the matmul inputs are bfloat16: the token stream,
     LayerNorms and the output stay float32 (see layers.Block).
+
+    `weight_init` (ModelConfig.init: 'trunc_normal' or 'xavier') sets the
+    kernels; the patch embedding's xavier fans are those of the torch
+    Conv1d (fan_in = leads * patch, fan_out = dim * patch). The LayerNorms
+    have a bias when `bias` or `norm_bias`.
     """
     dim: int
     depth: int
@@ -42,6 +48,8 @@ class VisionTransformer(nn.Module):
     norm_eps: float = 1e-6
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    weight_init: str = 'trunc_normal'
+    norm_bias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, keep_idx: Optional[jax.Array] = None,
@@ -78,8 +86,10 @@ class VisionTransformer(nn.Module):
             patches = jnp.take_along_axis(patches, keep_idx[..., None].astype(jnp.int32), axis=1,
                                           mode='clip')
             pos = jnp.take(pos, keep_idx, axis=0, mode='clip')
-        tokens = Dense(self.dim, self.bias, self.dtype, trunc_normal(0.02),
-                       name='patch_embed')(patches)
+        embed_init = kernel_init(self.weight_init, 0.02,
+                                 fan_in=self.num_leads * self.patch_size,
+                                 fan_out=self.dim * self.patch_size)
+        tokens = Dense(self.dim, self.bias, self.dtype, embed_init, name='patch_embed')(patches)
         tokens = tokens.astype(jnp.float32) + pos
         b = tokens.shape[0]
         key_valid = None
@@ -94,8 +104,10 @@ class VisionTransformer(nn.Module):
         for i in range(self.depth):
             tokens = Block(self.dim, self.num_heads, self.mlp_ratio, self.qkv_bias, self.bias,
                            self.dropout, self.norm_eps, residual_depth=self.depth,
-                           dtype=self.dtype, name=f'blocks_{i}')(tokens, key_valid, deterministic)
-        tokens = layer_norm(self.bias, self.norm_eps, 'norm')(tokens)
+                           dtype=self.dtype, weight_init=self.weight_init,
+                           norm_bias=self.norm_bias,
+                           name=f'blocks_{i}')(tokens, key_valid, deterministic)
+        tokens = layer_norm(self.bias or self.norm_bias, self.norm_eps, 'norm')(tokens)
         if not keep_registers:
             tokens = tokens[:, self.num_registers:]
         return tokens

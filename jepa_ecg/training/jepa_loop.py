@@ -120,7 +120,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     tx = optim.make_optimizer(config, schedules)
     step_fn = jepa.make_train_step(cfg, tx, schedules, dtype=config.dtype,
                                    grad_accum_steps=config.grad_accum_steps,
-                                   rank_every=config.rank_every)
+                                   rank_every=config.rank_every,
+                                   ema_per_micro_batch=config.get('ema_per_micro_batch', False))
     train_step = sharding.jit_data_parallel(step_fn, mesh, donate_argnums=(0,))
     manager = checkpoint.make_manager(workdir, save_every=config.checkpoint_every,
                                       keep=config.keep_checkpoints,
