@@ -25,13 +25,18 @@ from jepa_ecg.evaluation import metrics
 from jepa_ecg.training.checkpoint import PREDICTIONS_FILE
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('a', None, 'Run folder or predictions.npz of run a.')
-flags.DEFINE_string('b', None, 'Run folder or predictions.npz of run b.')
-flags.DEFINE_enum('split', 'test', ['test', 'val'], 'Which predictions to compare.')
-flags.DEFINE_integer('num_resamples', 1000, 'Bootstrap resamples.')
-flags.DEFINE_float('confidence', 0.95, 'Interval coverage.')
-flags.DEFINE_integer('seed', 0, 'Resampling seed.')
-flags.DEFINE_string('out', None, 'Optional JSON output path.')
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs (other scripts import
+    this module's functions and have flags of their own)."""
+    flags.DEFINE_string('a', None, 'Run folder or predictions.npz of run a.')
+    flags.DEFINE_string('b', None, 'Run folder or predictions.npz of run b.')
+    flags.DEFINE_enum('split', 'test', ['test', 'val'], 'Which predictions to compare.')
+    flags.DEFINE_integer('num_resamples', 1000, 'Bootstrap resamples.')
+    flags.DEFINE_float('confidence', 0.95, 'Interval coverage.')
+    flags.DEFINE_integer('seed', 0, 'Resampling seed.')
+    flags.DEFINE_string('out', None, 'Optional JSON output path.')
 
 
 def load_predictions(path: str, split: str = 'test') -> dict:
@@ -182,6 +187,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    # Required only when run: other mains import the functions above.
+    define_flags()
     flags.mark_flags_as_required(['a', 'b'])
     app.run(main)

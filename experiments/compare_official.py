@@ -2,6 +2,8 @@ r"""Side by side with the official PyTorch ECG-JEPA code (kweimann/ECG-JEPA).
 
   python -m experiments.compare_official --what=train_step --variant=XS --batch=32 \
       --official_dir=/path/to/ECG-JEPA          # or set JEPA_ECG_OFFICIAL_DIR
+  python -m experiments.compare_official --what=pretrain --budget=cpu --seeds=0,1 \
+      --linear_steps=1000 --official_dir=/path/to/ECG-JEPA --workdir=runs/side_by_side
 
 The official code is not part of this project: clone it anywhere
 (`git clone https://github.com/kweimann/ECG-JEPA`) and point `--official_dir`
@@ -25,6 +27,17 @@ under `torch.autocast('cpu', torch.bfloat16)`.
 Prints one line per repetition and a summary JSON line (also appended to
 `--out`).
 
+--what=pretrain: per seed, our input pipeline (the PTB-XL train folds of our
+TFDS build at 100 Hz, ViT-XS, 800 steps x 64 with `--budget=cpu`) feeds the
+same batches and masks to our train step and to the official one, each side
+initialised from the seed by its own initialisers; both trajectories (loss,
+target std, effective rank, lr, weight decay, EMA momentum, gradient norm)
+are logged every `--log_every` steps; then the linear protocol scores both
+target encoders (the official one through our torch import) and the paired
+bootstrap compares them. Writes side_by_side.json and side_by_side.png in
+`--workdir` (experiments/side_by_side.py). `--official_impl=reference` runs
+experiments/torch_reference.py instead of a checkout (what the tests do).
+
 Timing on a shared machine: torch's OpenMP threads spin-wait, so a busy
 co-tenant slows the official side several-fold while ours barely moves;
 the 2-core ratio is only meaningful on an otherwise idle machine. For a
@@ -46,7 +59,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_enum('what', ['train_step'], ['train_step'], 'What to compare (repeatable).')
+flags.DEFINE_multi_enum('what', ['train_step'], ['train_step', 'pretrain'],
+                        'What to compare (repeatable).')
 flags.DEFINE_string('official_dir', os.environ.get('JEPA_ECG_OFFICIAL_DIR'),
                     'Checkout of github.com/kweimann/ECG-JEPA (default: $JEPA_ECG_OFFICIAL_DIR).')
 flags.DEFINE_enum('variant', 'XS', ['XS', 'S', 'B'], 'Model variant.')
@@ -64,6 +78,22 @@ flags.DEFINE_integer('official_threads', None, 'torch.set_num_threads for the of
                      'a per-core ratio that co-tenants on a shared machine barely move.')
 flags.DEFINE_integer('seed', 0, 'Seed of signals and masks.')
 flags.DEFINE_string('out', None, 'Also append the summary JSON line to this file.')
+flags.DEFINE_enum('official_impl', 'published', ['published', 'reference'],
+                  'pretrain: the PyTorch side is the published code (--official_dir) or '
+                  'experiments/torch_reference.py (its statement, checked against it by '
+                  'tests/test_official_step.py).')
+flags.DEFINE_string('budget', 'cpu', 'pretrain: learning-curve config tokens '
+                    '(experiments/configs/learning_curve.py), e.g. cpu (ViT-XS, 100 Hz, '
+                    '800 steps x 64, warm-up 80, linear protocol shortened), cpu,steps=200, smoke.')
+flags.DEFINE_list('seeds', ['0', '1'], 'pretrain: seeds, each run by both sides.')
+flags.DEFINE_integer('linear_steps', None, 'pretrain: linear-protocol steps (default: the '
+                     "budget's).")
+flags.DEFINE_integer('max_records_per_fold', None, 'pretrain: records per fold in the linear '
+                     'protocol (default: all).')
+flags.DEFINE_integer('log_every', 100, 'pretrain: record both trajectories every N steps.')
+flags.DEFINE_string('workdir', None, 'pretrain: output folder (side_by_side.json, .png, probes).')
+flags.DEFINE_string('data_dir', None, 'pretrain: TFDS data_dir (default: TFDS\'s).')
+flags.DEFINE_string('manual_dir', None, 'pretrain: raw PTB-XL folder, to build it on first use.')
 
 VARIANT_FILES = {'XS': 'ViTXS_all.yaml', 'S': 'ViTS_all.yaml', 'B': 'ViTB_all.yaml'}
 
@@ -189,8 +219,9 @@ class OfficialCode:
             d.update(official_config(cfg, config))
             oc = off_configs.pretrain.Config(**d)
             accum = oc.gradient_accumulation_steps
-            momentum = sched.linear_schedule(oc.steps, oc.encoder_momentum,
-                                             oc.final_encoder_momentum, step=accum * start_step)
+            momentum = self._tap(sched.linear_schedule(
+                oc.steps, oc.encoder_momentum, oc.final_encoder_momentum,
+                step=accum * start_step))
             self.lr = sched.cosine_schedule(oc.steps, oc.learning_rate, oc.final_learning_rate,
                                             oc.learning_rate_warmup_steps, 1e-6, step=start_step)
             self.wd = sched.cosine_schedule(oc.steps, oc.weight_decay, oc.final_weight_decay,
@@ -200,30 +231,37 @@ class OfficialCode:
         self.model.train()
         self.opt = self.model.get_optimizer(fused=False)
 
-    def step(self, micro_batches, autocast=contextlib.nullcontext) -> float:
-        """One optimiser step over [(x (B, leads, T), keep, predict), ...]."""
-        self.update_lr(self.opt, next(self.lr))
-        self.update_wd(self.opt, next(self.wd))
+    def _tap(self, schedule):
+        """The momentum schedule, remembering the value last handed out."""
+        self.momentum = None
+        for value in schedule:
+            self.momentum = value
+            yield value
+
+    def step(self, micro_batches, autocast=contextlib.nullcontext, *,
+             measure: bool = False) -> dict:
+        """One optimiser step over [(x (B, leads, T), keep, predict), ...].
+
+        Returns {'loss'} and, with `measure`, the applied 'lr', 'wd',
+        'momentum' and the gradient's global 'grad_norm'.
+        """
+        lr, wd = next(self.lr), next(self.wd)
+        self.update_lr(self.opt, lr)
+        self.update_wd(self.opt, wd)
         total = 0.0
         for x, keep, predict in micro_batches:
             with autocast():
                 loss = self.model(x, keep, predict) / len(micro_batches)
             loss.backward()
             total += loss.item()
+        out = {'loss': total}
+        if measure:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            out.update(lr=lr, wd=wd, momentum=self.momentum,
+                       grad_norm=float(self.torch.sqrt(sum((g * g).sum() for g in grads))))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return total
-
-
-def torch_micro_batch(signal, masked, torch):
-    """Our (B, T, leads) signal and (B, N) masked flags -> the official
-    (x (B, leads, T), kept indices, predicted indices), both ascending."""
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    k = int(masked.shape[1] - masked[0].sum())
-    order = np.argsort(masked, axis=1, kind='stable')
-    return (torch.from_numpy(np.ascontiguousarray(signal.transpose(0, 2, 1))),
-            torch.from_numpy(order[:, :k].astype(np.int64)),
-            torch.from_numpy(order[:, k:].astype(np.int64)))
+        return out
 
 
 def _pretrain_config(variant: str, fs: float, batch: int, dtype: str):
@@ -242,6 +280,7 @@ class Official:
     def __init__(self, path: str, variant: str, fs: float, dtype: str, batches: list[dict],
                  sdpa: bool, seed: int):
         import torch  # pylint: disable=g-import-not-at-top
+        from experiments import torch_reference  # pylint: disable=g-import-not-at-top
         from jepa_ecg.models.config import model_config_from  # pylint: disable=g-import-not-at-top
         if FLAGS.official_threads:
             torch.set_num_threads(FLAGS.official_threads)
@@ -250,12 +289,12 @@ class Official:
         self.code = OfficialCode(path, model_config_from(config), config, sdpa=sdpa)
         self.autocast = ((lambda: torch.autocast('cpu', dtype=torch.bfloat16))
                          if dtype == 'bfloat16' else contextlib.nullcontext)
-        self.batches = [torch_micro_batch(b['signal'], b['masked'], torch) for b in batches]
+        self.batches = [torch_reference.micro_batch(b['signal'], b['masked']) for b in batches]
         self.num_threads = torch.get_num_threads()
 
     def run(self, batches: list) -> float:
         for b in batches:
-            loss = self.code.step([b], self.autocast)
+            loss = self.code.step([b], self.autocast)['loss']
         return loss
 
 
@@ -321,12 +360,66 @@ def compare_train_step() -> dict:
     }
 
 
-COMPARISONS = {'train_step': compare_train_step}
+def compare_pretrain() -> dict:
+    """Both sides pre-trained on the same batches per seed, then probed (experiments/side_by_side.py)."""
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    if importlib.util.find_spec('torch') is None:
+        raise app.UsageError("torch is missing: pip install -e '.[torch]'")
+    from experiments import side_by_side  # pylint: disable=g-import-not-at-top
+    from experiments.configs import learning_curve  # pylint: disable=g-import-not-at-top
+    if not FLAGS.workdir:
+        raise app.UsageError('--what=pretrain needs --workdir')
+    config = learning_curve.get_config(FLAGS.budget)
+    for sub in (config.pretrain, config.linear):
+        sub.data.data_dir, sub.data.manual_dir = FLAGS.data_dir, FLAGS.manual_dir
+    if FLAGS.linear_steps:
+        config.linear.total_steps = FLAGS.linear_steps
+        config.linear.eval_every = max(1, FLAGS.linear_steps // 4)
+        config.linear.patience = max(config.linear.patience, FLAGS.linear_steps)
+    if FLAGS.max_records_per_fold:
+        config.linear.data.max_records_per_fold = FLAGS.max_records_per_fold
+    if config.pretrain.grad_accum_steps != 1:
+        raise app.UsageError('--what=pretrain feeds one micro-batch per step (grad_accum_steps=1)')
+    if FLAGS.official_impl == 'published':
+        path = _official_dir()
+        make_side = lambda cfg, c: OfficialCode(path, cfg, c)
+    else:
+        make_side = side_by_side.ReferenceSide
+    t0 = time.time()
+    result = side_by_side.run(config, [int(s) for s in FLAGS.seeds], make_side, FLAGS.workdir,
+                              log_every=FLAGS.log_every, side_name=FLAGS.official_impl)
+    print_pretrain(result)
+    return {'what': 'pretrain', 'workdir': FLAGS.workdir, 'minutes': (time.time() - t0) / 60,
+            'official_side': FLAGS.official_impl, 'seeds': FLAGS.seeds,
+            'probe': {s['seed']: {k: s['probe'][k]['test_macro_auc'] for k in ('ours', 'official')}
+                      for s in result['seeds']}}
+
+
+def print_pretrain(result: dict) -> None:
+    """Loss table (window means) and probe AUCs, per seed."""
+    seeds = result['seeds']
+    print('step  ' + '  '.join(f'ours s{s["seed"]}  official s{s["seed"]}' for s in seeds))
+    for i, row in enumerate(seeds[0]['rows']):
+        print(f'{row["step"]:>5d} ' + '  '.join(
+            f'{s["rows"][i]["ours"]["loss_mean"]:9.4f}  {s["rows"][i]["official"]["loss_mean"]:12.4f}'
+            for s in seeds))
+    for s in seeds:
+        p, d = s['probe'], s['probe']['paired_ours_minus_official']
+        print(f'seed {s["seed"]}: linear test macro AUC ours {p["ours"]["test_macro_auc"]:.4f} '
+              f'[{p["ours"]["ci"][0]:.4f}, {p["ours"]["ci"][1]:.4f}], official '
+              f'{p["official"]["test_macro_auc"]:.4f} [{p["official"]["ci"][0]:.4f}, '
+              f'{p["official"]["ci"][1]:.4f}], paired {d["diff"]:+.4f} '
+              f'[{d["ci_low"]:+.4f}, {d["ci_high"]:+.4f}]')
+
+
+COMPARISONS = {'train_step': compare_train_step, 'pretrain': compare_pretrain}
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError('Too many command-line arguments.')
+    from experiments import console  # pylint: disable=g-import-not-at-top
+    console.quiet_library_logs()
     for what in dict.fromkeys(FLAGS.what):
         record = COMPARISONS[what]()
         line = json.dumps(record)

@@ -32,6 +32,7 @@ import copy
 import math
 from typing import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,6 +47,16 @@ def sincos_positions(dim: int, n: int) -> torch.Tensor:
     out[0, :, 0::2] = torch.sin(pos * freq)
     out[0, :, 1::2] = torch.cos(pos * freq)
     return out
+
+
+def micro_batch(signal: np.ndarray, masked: np.ndarray) -> tuple:
+    """Our (B, T, leads) signal and (B, N) masked flags -> the published
+    step's (x (B, leads, T), kept indices, predicted indices), both ascending."""
+    k = int(masked.shape[1] - masked[0].sum())
+    order = np.argsort(masked, axis=1, kind='stable')
+    return (torch.from_numpy(np.ascontiguousarray(signal.transpose(0, 2, 1))),
+            torch.from_numpy(order[:, :k].astype(np.int64)),
+            torch.from_numpy(order[:, k:].astype(np.int64)))
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -247,23 +258,26 @@ def train_step(model: Jepa, opt: torch.optim.Optimizer, schedules: Schedules, st
 
     `ticks_done`: momentum values used so far (one per forward pass).
     Returns (loss summed over micro-batches of loss / n, ticks done after,
-    {'grad_norm', 'target_std'}).
+    {'grad_norm', 'target_std', and the 'lr', 'wd', last 'momentum' applied}).
     """
     micro_batches = list(micro_batches)
     n = len(micro_batches)
+    lr, wd = schedules.lr(step), schedules.wd(step)
     for group in opt.param_groups:
-        group['lr'] = schedules.lr(step)
-        group['weight_decay'] = schedules.wd(step) if group['decay'] else 0.0
+        group['lr'] = lr
+        group['weight_decay'] = wd if group['decay'] else 0.0
     total, stds = 0.0, []
     for x, keep, predict in micro_batches:
-        model.move_target(schedules.momentum(ticks_done))
+        momentum = schedules.momentum(ticks_done)
+        model.move_target(momentum)
         ticks_done += 1
         loss, full = model.loss(x, keep, predict)
         (loss / n).backward()
-        total += float(loss) / n
-        stds.append(float(full.std(dim=0, correction=0).mean()))
+        total += float(loss.detach()) / n
+        stds.append(float(full.std(dim=0, correction=0).mean().detach()))
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     grad_norm = float(torch.sqrt(sum((g * g).sum() for g in grads)))
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return total, ticks_done, {'grad_norm': grad_norm, 'target_std': sum(stds) / n}
+    return total, ticks_done, {'grad_norm': grad_norm, 'target_std': sum(stds) / n,
+                               'lr': lr, 'wd': wd, 'momentum': momentum}

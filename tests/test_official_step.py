@@ -161,7 +161,7 @@ def _run_both(config, *, start: int, steps: int, seed: int = 0):
         ours_losses.append(float(metrics['loss']))
         loss, ticks, _ = ref.train_step(
             model, opt, sched, start + i,
-            [compare_official.torch_micro_batch(s, m, torch) for s, m in micro], ticks)
+            [ref.micro_batch(s, m) for s, m in micro], ticks)
         ref_losses.append(loss)
     return cfg, state, ours_losses, model, opt, sched, ticks, ref_losses
 
@@ -234,9 +234,9 @@ def test_reference_statement_equals_the_published_code(accum):
     opt = ref.make_optimizer(model, b1=config.b1, b2=config.b2, eps=config.eps)
     sched, ticks = ref.Schedules.from_config(config), accum * 3
     for i, micro in enumerate(_micro_batches(cfg, 3, accum, seed=2)):
-        batches = [compare_official.torch_micro_batch(s, m, torch) for s, m in micro]
+        batches = [ref.micro_batch(s, m) for s, m in micro]
         loss, ticks, _ = ref.train_step(model, opt, sched, 3 + i, batches, ticks)
-        np.testing.assert_allclose(official.step(batches), loss, rtol=1e-6)
+        np.testing.assert_allclose(official.step(batches)['loss'], loss, rtol=1e-6)
     ours, theirs = _state_arrays(model), _state_arrays(official.model)
     assert set(ours) == set(theirs)
     for k in ours:

@@ -180,7 +180,9 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation,
             'param_norm': global_norm(params),
             'lr': schedules['lr'](state.step),
             'wd': schedules['wd'](state.step),
-            'momentum': momentum,
+            # The momentum whose update produced this step's target (the
+            # published code's value for this step).
+            'momentum': schedules['momentum'](ema_ticks * state.step),
             # Std over the batch, taken along the last axis: XLA:CPU's library
             # reduction over a short leading axis is ~20x slower (~3% of a step).
             'target_std': jnp.std(jnp.moveaxis(targets.astype(jnp.float32), 0, -1),

@@ -1,0 +1,216 @@
+"""Pre-training side by side with the published PyTorch step, then a linear probe of both.
+
+`experiments.compare_official --what=pretrain` drives this: per seed, ONE
+input pipeline (ours, on our TFDS build) feeds the same batches and masks to
+our jitted train step and to the PyTorch one (the published code, or
+experiments/torch_reference.py), both initialised from that seed by their
+own initialisers; every `log_every` steps both trajectories are recorded
+(loss as the step's and as the window's mean, target std, effective rank of
+the record-pooled targets, lr, weight decay, EMA momentum, gradient norm).
+Afterwards each side's target encoder goes through the same linear protocol
+(the PyTorch one converted by jepa_ecg.inference.torch_import), and the
+paired bootstrap compares the two on the test fold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from experiments import compare
+from experiments import torch_reference as ref
+from jepa_ecg.inference import torch_import
+from jepa_ecg.models.config import model_config_from
+from jepa_ecg.training import finetune_loop, jepa_loop, optim
+from jepa_ecg.training import jepa_step as jepa
+
+METRICS = ('loss', 'loss_mean', 'target_std', 'target_rank', 'lr', 'wd', 'momentum', 'grad_norm')
+RESULT_FILE = 'side_by_side.json'
+PLOT_FILE = 'side_by_side.png'
+
+
+def effective_rank(pooled: np.ndarray) -> float:
+    """As jepa_step.effective_rank: exp(entropy) of the normalised singular
+    values of the centred (B, D) features."""
+    x = pooled.astype(np.float64) - pooled.mean(axis=0, keepdims=True)
+    s = np.linalg.svd(x, compute_uv=False)
+    p = s / max(s.sum(), 1e-12)
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+class ReferenceSide:
+    """experiments/torch_reference.py behind the interface of OfficialCode."""
+
+    def __init__(self, cfg, config):
+        self.model = ref.Jepa(cfg)
+        self.opt = ref.make_optimizer(self.model, b1=config.b1, b2=config.b2, eps=config.eps)
+        self.schedules = ref.Schedules.from_config(config)
+        self.step_index, self.ticks = 0, 0
+
+    def step(self, micro_batches, *, measure: bool = False) -> dict:
+        loss, self.ticks, info = ref.train_step(self.model, self.opt, self.schedules,
+                                                self.step_index, micro_batches, self.ticks)
+        self.step_index += 1
+        return {'loss': loss, **({k: info[k] for k in ('lr', 'wd', 'momentum', 'grad_norm')}
+                                 if measure else {})}
+
+
+def _torch_target_stats(side, micro, torch) -> dict:
+    """Std over the batch and effective rank of the targets the step just used."""
+    with torch.no_grad():
+        h = side.model.target_encoder(micro[0]).numpy()
+    return {'target_std': float(h.std(axis=0).mean()),
+            'target_rank': effective_rank(h.mean(axis=1))}
+
+
+def _window_means(rows: list, losses: list, side: str) -> None:
+    start = rows[-2]['step'] if len(rows) > 1 else 0
+    rows[-1][side]['loss_mean'] = float(np.mean(losses[start:]))
+
+
+def run_pair(config, seed: int, make_torch_side: Callable, log_every: int,
+             progress: Callable[[str], None] = print) -> dict:
+    """Pre-trains both sides for config.total_steps on the same batches."""
+    import torch  # pylint: disable=g-import-not-at-top
+    config = config.copy_and_resolve_references()
+    config.seed = seed
+    cfg = model_config_from(config)
+    schedules = optim.make_schedules(config)
+    tx = optim.make_optimizer(config, schedules)
+    step_fn = jax.jit(jepa.make_train_step(
+        cfg, tx, schedules, dtype=config.dtype, grad_accum_steps=config.grad_accum_steps,
+        rank_every=log_every, ema_per_micro_batch=config.get('ema_per_micro_batch', False)))
+    state = jepa.init_train_state(jax.random.PRNGKey(seed), cfg, tx)
+    torch.manual_seed(seed)
+    side = make_torch_side(cfg, config)
+    it = jepa_loop.make_input_iterator(config, cfg, 0)
+    rows, losses = [], {'ours': [], 'official': []}
+    seconds = {'ours': 0.0, 'official': 0.0}
+    for step in range(config.total_steps):
+        batch = next(it)
+        t0 = time.perf_counter()
+        state, m = step_fn(state, {k: batch[k] for k in jepa_loop.STEP_INPUTS})
+        m = jax.device_get(m)
+        t1 = time.perf_counter()
+        micro = ref.micro_batch(np.asarray(batch['signal']), np.asarray(batch['predict_mask']))
+        log = (step + 1) % log_every == 0 or step + 1 == config.total_steps
+        theirs = side.step([micro], measure=log)
+        seconds['ours'] += t1 - t0
+        seconds['official'] += time.perf_counter() - t1
+        losses['ours'].append(float(m['loss']))
+        losses['official'].append(theirs['loss'])
+        if log:
+            ours = {k: float(m[k]) for k in ('loss', 'target_std', 'target_rank', 'lr', 'wd',
+                                              'momentum', 'grad_norm')}
+            rows.append({'step': step + 1, 'ours': ours,
+                         'official': {**theirs, **_torch_target_stats(side, micro, torch)}})
+            for name in ('ours', 'official'):
+                _window_means(rows, losses[name], name)
+            progress(f'seed {seed} step {step + 1}: loss ours {ours["loss"]:.4f} '
+                     f'official {theirs["loss"]:.4f}')
+    if hasattr(it, 'close'):
+        it.close()
+    target = {k[len('target_encoder.'):]: v.detach().numpy()
+              for k, v in side.model.state_dict().items() if k.startswith('target_encoder.')}
+    return {'seed': seed, 'rows': rows, 'seconds': seconds, 'cfg': cfg,
+            'encoders': {'ours': jax.device_get(state.target_params),
+                         'official': torch_import.convert_encoder_state(target, cfg)}}
+
+
+def probe(linear_config, task: str, cfg, params, out: str, description: str) -> str:
+    """The linear protocol on one encoder; its run folder."""
+    run = os.path.join(out, task, 'seed0')
+    if not os.path.exists(os.path.join(run, 'results.json')):
+        source = finetune_loop.EncoderSource(cfg, params, spec=description,
+                                             description=description)
+        finetune_loop.run_all(linear_config, out, encoder=source, tasks=[task])
+    return run
+
+
+def _summary(run: str) -> dict:
+    with open(os.path.join(run, 'results.json')) as f:
+        r = json.load(f)
+    return {'test_macro_auc': r['test']['macro_auc'], 'ci': r['test']['macro_auc_ci'],
+            'best_val_auc': r['best_val_auc'], 'run': run}
+
+
+def spreads(seeds: list[dict]) -> list[dict]:
+    """Per logged step and metric: each side's min/max over seeds, and whether
+    our seed mean lies within the official range."""
+    out = []
+    for i, row in enumerate(seeds[0]['rows']):
+        entry = {'step': row['step']}
+        for k in METRICS:
+            ours = [s['rows'][i]['ours'][k] for s in seeds]
+            theirs = [s['rows'][i]['official'][k] for s in seeds]
+            entry[k] = {'ours': [min(ours), max(ours)], 'official': [min(theirs), max(theirs)],
+                        'ours_mean_within_official': min(theirs) <= float(np.mean(ours))
+                        <= max(theirs)}
+        out.append(entry)
+    return out
+
+
+def run(config, seeds: list[int], make_torch_side: Callable, workdir: str, *,
+        log_every: int, side_name: str, progress: Callable[[str], None] = print) -> dict:
+    """All seeds, probes and the paired comparison; writes side_by_side.json (+ plot)."""
+    os.makedirs(workdir, exist_ok=True)
+    result = {'official_side': side_name, 'task': config.task,
+              'steps': int(config.pretrain.total_steps),
+              'batch': int(config.pretrain.global_batch_size), 'seeds': []}
+    for seed in seeds:
+        pair = run_pair(config.pretrain, seed, make_torch_side, log_every, progress)
+        entry = {'seed': seed, 'rows': pair['rows'], 'seconds': pair['seconds'], 'probe': {}}
+        runs = {}
+        for name, params in pair['encoders'].items():
+            runs[name] = probe(config.linear, config.task, pair['cfg'], params,
+                               os.path.join(workdir, f'seed{seed}', name),
+                               f'{name} JEPA target encoder, seed {seed}')
+            entry['probe'][name] = _summary(runs[name])
+        boot = config.linear.bootstrap
+        entry['probe']['paired_ours_minus_official'] = compare.compare(
+            compare.load_predictions(runs['ours']), compare.load_predictions(runs['official']),
+            num_resamples=boot.num_resamples, confidence=boot.confidence, seed=0)
+        result['seeds'].append(entry)
+        result['spreads'] = spreads(result['seeds'])
+        with open(os.path.join(workdir, RESULT_FILE), 'w') as f:
+            json.dump(result, f, indent=2)
+    if config.plots:
+        plot(result, os.path.join(workdir, PLOT_FILE))
+    return result
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    panels = ('loss_mean', 'target_std', 'target_rank', 'grad_norm', 'lr', 'wd', 'momentum')
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    for ax, k in zip(axes.flat, panels):
+        for s in result['seeds']:
+            steps = [r['step'] for r in s['rows']]
+            for side, color in (('ours', 'tab:blue'), ('official', 'tab:orange')):
+                ax.plot(steps, [r[side][k] for r in s['rows']], color=color, alpha=0.8,
+                        label=f'{side} seed {s["seed"]}')
+        ax.set_title(k)
+        ax.set_xlabel('step')
+    ax = axes.flat[-1]
+    for i, s in enumerate(result['seeds']):
+        for j, side in enumerate(('ours', 'official')):
+            p = s['probe'][side]
+            ax.errorbar([i + 0.2 * j], [p['test_macro_auc']],
+                        yerr=[[p['test_macro_auc'] - p['ci'][0]], [p['ci'][1] - p['test_macro_auc']]],
+                        fmt='o', color=('tab:blue', 'tab:orange')[j])
+    ax.set_title('linear probe, test macro AUC (95% CI)')
+    ax.set_xlabel('seed')
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f'jepa_ecg vs {result["official_side"]}: {result["steps"]} steps x '
+                 f'{result["batch"]}')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,54 @@
+"""Smoke run of the side-by-side pre-training comparison (experiments/compare_official.py).
+
+The PyTorch side here is experiments/torch_reference.py (the published code
+is not part of the project; tests/test_official_step.py ties the two
+together where it is checked out).
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip(
+    'torch', reason="torch is not installed (pip install -e '.[torch]'; make test installs it)")
+
+from experiments import side_by_side  # noqa: E402
+
+
+def test_pretrain_side_by_side_smoke(ptbxl_tfds_dir, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, '-m', 'experiments.compare_official', '--what=pretrain',
+         '--official_impl=reference', '--budget=smoke,vit_tiny', '--seeds=0,1', '--log_every=5',
+         '--max_records_per_fold=24', f'--workdir={tmp_path}', f'--data_dir={ptbxl_tfds_dir}'],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / side_by_side.RESULT_FILE).read_text())
+    assert [s['seed'] for s in result['seeds']] == [0, 1]
+    for s in result['seeds']:
+        assert [r['step'] for r in s['rows']] == [5, 10, 15, 20]
+        for row in s['rows']:
+            for side in ('ours', 'official'):
+                assert set(side_by_side.METRICS) <= set(row[side]), (side, row[side])
+            # Same schedules on both sides, step for step.
+            for k in ('lr', 'wd', 'momentum'):
+                assert row['ours'][k] == pytest.approx(row['official'][k], rel=1e-5), k
+        # Same batches, same recipe: the two losses start and fall together.
+        first, last = s['rows'][0], s['rows'][-1]
+        assert last['ours']['loss_mean'] < first['ours']['loss_mean']
+        assert last['official']['loss_mean'] < first['official']['loss_mean']
+        assert abs(last['ours']['loss'] - last['official']['loss']) < 0.1 * last['official']['loss']
+        for side in ('ours', 'official'):
+            assert 0 < s['probe'][side]['test_macro_auc'] < 1
+        assert 'diff' in s['probe']['paired_ours_minus_official']
+    assert len(result['spreads']) == 4 and 'ours_mean_within_official' in result['spreads'][0]['loss']
+    assert (tmp_path / side_by_side.PLOT_FILE).stat().st_size > 0
+    assert 'linear test macro AUC ours' in proc.stdout
+
+
+def test_pretrain_needs_a_workdir():
+    proc = subprocess.run(
+        [sys.executable, '-m', 'experiments.compare_official', '--what=pretrain',
+         '--official_impl=reference'], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and '--workdir' in proc.stderr
