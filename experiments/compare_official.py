@@ -63,7 +63,7 @@ flags.DEFINE_multi_enum('what', ['train_step'], ['train_step', 'pretrain'],
                         'What to compare (repeatable).')
 flags.DEFINE_string('official_dir', os.environ.get('JEPA_ECG_OFFICIAL_DIR'),
                     'Checkout of github.com/kweimann/ECG-JEPA (default: $JEPA_ECG_OFFICIAL_DIR).')
-flags.DEFINE_enum('variant', 'XS', ['XS', 'S', 'B'], 'Model variant.')
+flags.DEFINE_enum('variant', 'XS', ['XS', 'S', 'B', 'tiny'], 'Model variant (tiny: tests).')
 flags.DEFINE_integer('batch', 32, 'Batch size (records per step).')
 flags.DEFINE_float('fs', 500.0, 'Sampling rate (Hz); the patch is 50 ms, the window 10 s.')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype of both sides.')
@@ -79,7 +79,7 @@ flags.DEFINE_integer('official_threads', None, 'torch.set_num_threads for the of
 flags.DEFINE_integer('seed', 0, 'Seed of signals and masks.')
 flags.DEFINE_string('out', None, 'Also append the summary JSON line to this file.')
 flags.DEFINE_enum('official_impl', 'published', ['published', 'reference'],
-                  'pretrain: the PyTorch side is the published code (--official_dir) or '
+                  'The PyTorch side is the published code (--official_dir) or '
                   'experiments/torch_reference.py (its statement, checked against it by '
                   'tests/test_official_step.py).')
 flags.DEFINE_string('budget', 'cpu', 'pretrain: learning-curve config tokens '
@@ -286,7 +286,12 @@ class Official:
             torch.set_num_threads(FLAGS.official_threads)
         torch.manual_seed(seed)
         config = _pretrain_config(variant, fs, batches[0]['signal'].shape[0], dtype)
-        self.code = OfficialCode(path, model_config_from(config), config, sdpa=sdpa)
+        cfg = model_config_from(config)
+        if path is None:  # --official_impl=reference
+            from experiments import side_by_side  # pylint: disable=g-import-not-at-top
+            self.code = side_by_side.ReferenceSide(cfg, config)
+        else:
+            self.code = OfficialCode(path, cfg, config, sdpa=sdpa)
         self.autocast = ((lambda: torch.autocast('cpu', dtype=torch.bfloat16))
                          if dtype == 'bfloat16' else contextlib.nullcontext)
         self.batches = [torch_reference.micro_batch(b['signal'], b['masked']) for b in batches]
@@ -310,7 +315,7 @@ def compare_train_step() -> dict:
     except ImportError:
         raise app.UsageError("torch is missing: pip install -e '.[torch]'") from None
     import jax  # pylint: disable=g-import-not-at-top
-    path = _official_dir()
+    path = _official_dir() if FLAGS.official_impl == 'published' else None
     batch, spr = FLAGS.batch, FLAGS.steps_per_rep
     n_batches = FLAGS.warmup + FLAGS.reps * spr
     from jepa_ecg.models.config import model_config  # pylint: disable=g-import-not-at-top
@@ -351,7 +356,8 @@ def compare_train_step() -> dict:
         'official_records_per_s': med('official', 'records_per_s'),
         'ours_cpu_s_per_step': med('ours', 'cpu_s_per_step'),
         'official_cpu_s_per_step': med('official', 'cpu_s_per_step'),
-        'ours_compile_s': ours.compile_s, 'official_sdpa': FLAGS.official_sdpa,
+        'ours_compile_s': ours.compile_s, 'official_impl': FLAGS.official_impl,
+        'official_sdpa': FLAGS.official_sdpa,
         'reps': FLAGS.reps, 'steps_per_rep': spr, 'warmup': FLAGS.warmup,
         'jax': jax.__version__, 'torch': torch.__version__,
         'torch_threads': official.num_threads, 'cpu_count': os.cpu_count(),

@@ -53,7 +53,10 @@ class ReferenceSide:
         self.schedules = ref.Schedules.from_config(config)
         self.step_index, self.ticks = 0, 0
 
-    def step(self, micro_batches, *, measure: bool = False) -> dict:
+    def step(self, micro_batches, autocast=None, *, measure: bool = False) -> dict:
+        if autocast is not None:
+            with autocast():
+                return self.step(micro_batches, measure=measure)
         loss, self.ticks, info = ref.train_step(self.model, self.opt, self.schedules,
                                                 self.step_index, micro_batches, self.ticks)
         self.step_index += 1

@@ -47,6 +47,18 @@ def test_pretrain_side_by_side_smoke(ptbxl_tfds_dir, tmp_path):
     assert 'linear test macro AUC ours' in proc.stdout
 
 
+def test_train_step_timing_prints_the_ratio():
+    proc = subprocess.run(
+        [sys.executable, '-m', 'experiments.compare_official', '--what=train_step',
+         '--official_impl=reference', '--variant=tiny', '--batch=4', '--fs=100', '--reps=2',
+         '--steps_per_rep=1', '--warmup=1'], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('ratio') >= 2
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary['what'] == 'train_step' and summary['official_impl'] == 'reference'
+    assert summary['ratio'] > 0 and len(summary['ratio_reps']) == 2
+
+
 def test_pretrain_needs_a_workdir():
     proc = subprocess.run(
         [sys.executable, '-m', 'experiments.compare_official', '--what=pretrain',
