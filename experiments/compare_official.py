@@ -90,6 +90,8 @@ flags.DEFINE_integer('linear_steps', None, 'pretrain: linear-protocol steps (def
                      "budget's).")
 flags.DEFINE_integer('max_records_per_fold', None, 'pretrain: records per fold in the linear '
                      'protocol (default: all).')
+flags.DEFINE_bool('same_init', False, 'pretrain: start ours from the PyTorch side\'s initial '
+                  'weights (converted) instead of our initialiser.')
 flags.DEFINE_integer('log_every', 100, 'pretrain: record both trajectories every N steps.')
 flags.DEFINE_string('workdir', None, 'pretrain: output folder (side_by_side.json, .png, probes).')
 flags.DEFINE_string('data_dir', None, 'pretrain: TFDS data_dir (default: TFDS\'s).')
@@ -393,7 +395,8 @@ def compare_pretrain() -> dict:
         make_side = side_by_side.ReferenceSide
     t0 = time.time()
     result = side_by_side.run(config, [int(s) for s in FLAGS.seeds], make_side, FLAGS.workdir,
-                              log_every=FLAGS.log_every, side_name=FLAGS.official_impl)
+                              log_every=FLAGS.log_every, side_name=FLAGS.official_impl,
+                              same_init=FLAGS.same_init)
     print_pretrain(result)
     return {'what': 'pretrain', 'workdir': FLAGS.workdir, 'minutes': (time.time() - t0) / 60,
             'official_side': FLAGS.official_impl, 'seeds': FLAGS.seeds,

@@ -77,9 +77,23 @@ def _window_means(rows: list, losses: list, side: str) -> None:
     rows[-1][side]['loss_mean'] = float(np.mean(losses[start:]))
 
 
+def _weights_from(side, cfg) -> tuple[dict, dict]:
+    """The PyTorch side's (online encoder + predictor, target encoder) in our layout."""
+    sd = {k: v.detach().numpy() for k, v in side.model.state_dict().items()}
+    part = lambda p: {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
+    return ({'encoder': torch_import.convert_encoder_state(part('encoder.'), cfg),
+             'predictor': torch_import.convert_predictor_state(part('predictor.'), cfg)},
+            torch_import.convert_encoder_state(part('target_encoder.'), cfg))
+
+
 def run_pair(config, seed: int, make_torch_side: Callable, log_every: int,
-             progress: Callable[[str], None] = print) -> dict:
-    """Pre-trains both sides for config.total_steps on the same batches."""
+             progress: Callable[[str], None] = print, *, same_init: bool = False) -> dict:
+    """Pre-trains both sides for config.total_steps on the same batches.
+
+    `same_init`: ours starts from the PyTorch side's initial weights
+    (converted) instead of its own initialiser, which separates what the
+    two initialisations do from what the steps do.
+    """
     import torch  # pylint: disable=g-import-not-at-top
     config = config.copy_and_resolve_references()
     config.seed = seed
@@ -92,6 +106,9 @@ def run_pair(config, seed: int, make_torch_side: Callable, log_every: int,
     state = jepa.init_train_state(jax.random.PRNGKey(seed), cfg, tx)
     torch.manual_seed(seed)
     side = make_torch_side(cfg, config)
+    if same_init:
+        params, target = _weights_from(side, cfg)
+        state = state.replace(params=params, target_params=target, opt_state=tx.init(params))
     it = jepa_loop.make_input_iterator(config, cfg, 0)
     rows, losses = [], {'ours': [], 'official': []}
     seconds = {'ours': 0.0, 'official': 0.0}
@@ -119,11 +136,9 @@ def run_pair(config, seed: int, make_torch_side: Callable, log_every: int,
                      f'official {theirs["loss"]:.4f}')
     if hasattr(it, 'close'):
         it.close()
-    target = {k[len('target_encoder.'):]: v.detach().numpy()
-              for k, v in side.model.state_dict().items() if k.startswith('target_encoder.')}
     return {'seed': seed, 'rows': rows, 'seconds': seconds, 'cfg': cfg,
             'encoders': {'ours': jax.device_get(state.target_params),
-                         'official': torch_import.convert_encoder_state(target, cfg)}}
+                         'official': _weights_from(side, cfg)[1]}}
 
 
 def probe(linear_config, task: str, cfg, params, out: str, description: str) -> str:
@@ -160,14 +175,16 @@ def spreads(seeds: list[dict]) -> list[dict]:
 
 
 def run(config, seeds: list[int], make_torch_side: Callable, workdir: str, *,
-        log_every: int, side_name: str, progress: Callable[[str], None] = print) -> dict:
+        log_every: int, side_name: str, same_init: bool = False,
+        progress: Callable[[str], None] = print) -> dict:
     """All seeds, probes and the paired comparison; writes side_by_side.json (+ plot)."""
     os.makedirs(workdir, exist_ok=True)
-    result = {'official_side': side_name, 'task': config.task,
+    result = {'official_side': side_name, 'same_init': same_init, 'task': config.task,
               'steps': int(config.pretrain.total_steps),
               'batch': int(config.pretrain.global_batch_size), 'seeds': []}
     for seed in seeds:
-        pair = run_pair(config.pretrain, seed, make_torch_side, log_every, progress)
+        pair = run_pair(config.pretrain, seed, make_torch_side, log_every, progress,
+                        same_init=same_init)
         entry = {'seed': seed, 'rows': pair['rows'], 'seconds': pair['seconds'], 'probe': {}}
         runs = {}
         for name, params in pair['encoders'].items():

@@ -47,6 +47,22 @@ def test_pretrain_side_by_side_smoke(ptbxl_tfds_dir, tmp_path):
     assert 'linear test macro AUC ours' in proc.stdout
 
 
+def test_same_init_makes_the_two_trajectories_agree(ptbxl_tfds_dir, tmp_path):
+    """From the same initial weights, same batches and masks, the two sides
+    stay together to float tolerance over 20 steps (own inits: they differ)."""
+    proc = subprocess.run(
+        [sys.executable, '-m', 'experiments.compare_official', '--what=pretrain',
+         '--official_impl=reference', '--budget=smoke,vit_tiny', '--seeds=3', '--log_every=5',
+         '--max_records_per_fold=24', '--linear_steps=4', '--same_init', f'--workdir={tmp_path}',
+         f'--data_dir={ptbxl_tfds_dir}'], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / side_by_side.RESULT_FILE).read_text())
+    assert result['same_init']
+    for row in result['seeds'][0]['rows']:
+        for k in ('loss', 'target_std', 'grad_norm'):
+            assert row['ours'][k] == pytest.approx(row['official'][k], rel=1e-3), (row['step'], k)
+
+
 def test_train_step_timing_prints_the_ratio():
     proc = subprocess.run(
         [sys.executable, '-m', 'experiments.compare_official', '--what=train_step',
