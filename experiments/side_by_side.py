@@ -80,10 +80,9 @@ def _window_means(rows: list, losses: list, side: str) -> None:
 def _weights_from(side, cfg) -> tuple[dict, dict]:
     """The PyTorch side's (online encoder + predictor, target encoder) in our layout."""
     sd = {k: v.detach().numpy() for k, v in side.model.state_dict().items()}
-    part = lambda p: {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
-    return ({'encoder': torch_import.convert_encoder_state(part('encoder.'), cfg),
-             'predictor': torch_import.convert_predictor_state(part('predictor.'), cfg)},
-            torch_import.convert_encoder_state(part('target_encoder.'), cfg))
+    return (torch_import.convert_online_state(sd, cfg),
+            torch_import.convert_encoder_state(torch_import.with_prefix(sd, 'target_encoder.'),
+                                               cfg))
 
 
 def run_pair(config, seed: int, make_torch_side: Callable, log_every: int,

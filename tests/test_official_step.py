@@ -79,18 +79,12 @@ def _our_batch(micro: list, bucket: int) -> dict:
             'predict_mask': masked}
 
 
-def _part(named: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: np.asarray(v) for k, v in named.items() if k.startswith(prefix)}
-
-
-def _to_ours(named: dict, cfg) -> dict:
-    """{'encoder.<key>': array, 'predictor.<key>': array} -> our params layout."""
-    return {'encoder': torch_import.convert_encoder_state(_part(named, 'encoder.'), cfg),
-            'predictor': torch_import.convert_predictor_state(_part(named, 'predictor.'), cfg)}
+_to_ours = torch_import.convert_online_state
 
 
 def _target_to_ours(named: dict, cfg) -> dict:
-    return torch_import.convert_encoder_state(_part(named, 'target_encoder.'), cfg)
+    return torch_import.convert_encoder_state(
+        torch_import.with_prefix(named, 'target_encoder.'), cfg)
 
 
 def _state_arrays(model) -> dict:

@@ -252,6 +252,19 @@ def convert_encoder_state(state: Mapping[str, Any], cfg: ModelConfig) -> dict:
     return params
 
 
+def with_prefix(state: Mapping[str, Any], prefix: str) -> dict:
+    """The entries of a full JEPA state dict under `prefix` ('encoder.',
+    'predictor.', 'target_encoder.'), with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def convert_online_state(state: Mapping[str, Any], cfg: ModelConfig) -> dict:
+    """A full JEPA state dict (or any dict of arrays under its 'encoder.' and
+    'predictor.' names, e.g. AdamW moments) -> our {'encoder', 'predictor'} params."""
+    return {'encoder': convert_encoder_state(with_prefix(state, 'encoder.'), cfg),
+            'predictor': convert_predictor_state(with_prefix(state, 'predictor.'), cfg)}
+
+
 def convert_predictor_state(state: Mapping[str, Any], cfg: ModelConfig) -> dict:
     """Converts an official predictor state dict (`predictor.` removed) to Flax params.
 
