@@ -1,6 +1,7 @@
 """ptb_xl builder: dummy-data conformance, labels, bad input, real PTB-XL."""
 
 import json
+import logging
 import pathlib
 import shutil
 
@@ -204,6 +205,19 @@ def test_real_build_fold_counts(ptbxl_tfds_dir, ptbxl_dir):
     ex = builder.as_data_source('fold9')[0]
     assert ex['signal'].shape == (1000, 12)
     assert np.isfinite(ex['signal']).all()
+
+
+def test_reader_leaves_out_empty_folds_quietly(ptbxl_tfds_dir, caplog):
+    from jepa_ecg.data import datasets  # pylint: disable=g-import-not-at-top
+    info = tfds.builder('ptb_xl/records100', data_dir=str(ptbxl_tfds_dir)).info
+    assert datasets.nonempty_splits('fold1+fold3+ fold2[:10]', info) == 'fold1+fold2[:10]'
+    assert datasets.nonempty_splits('fold3+fold4', info) == 'fold3+fold4'  # all empty: as asked
+    assert datasets.nonempty_splits('fold1+nofold', info) == 'fold1+nofold'  # TFDS says what is wrong
+    with caplog.at_level(logging.WARNING):
+        reader = datasets.SplitReader('ptb_xl/records100', str(ptbxl_tfds_dir),
+                                      '+'.join(f'fold{k}' for k in range(1, 9)))
+    assert len(reader) == 2177 + 2184
+    assert not [m for m in caplog.messages if 'has no examples' in m]
 
 
 def test_downloads_when_manual_dir_is_empty(tmp_path, monkeypatch):

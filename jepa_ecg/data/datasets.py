@@ -71,7 +71,8 @@ class SplitReader:
                 f'random access and needs ArrayRecord: rebuild with '
                 f'{build.build_command(self.tfds_name, self.data_dir)}')
         self._source = builder.as_data_source(
-            self.split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+            nonempty_splits(self.split, info),
+            deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
         self._specs = {k: _FeatureSpec(info.features[k]) for k in self.keys}
 
     def __getstate__(self) -> dict:
@@ -134,6 +135,25 @@ class _FeatureSpec:
             return self.dtype.type(values[0]) if len(values) else None
         # upb hands numpy one packed buffer for float and int64 lists
         return np.asarray(values, self.dtype)
+
+
+def nonempty_splits(split: str, info: Any) -> str:
+    """`split` without the '+'-joined parts that name a split holding no records.
+
+    A build from a partial download (e.g. PTB-XL with some folds absent)
+    records those folds as empty splits; reading them adds nothing but a
+    warning per split. Expressions that are not plain '+'-joined names (with
+    optional slices), or whose parts are all empty, are returned unchanged.
+    """
+    parts = [p.strip() for p in split.split('+')]
+    counts = {}
+    for part in parts:
+        name = part.split('[', 1)[0]
+        if name not in info.splits:
+            return split
+        counts[part] = info.splits[name].num_examples
+    kept = [p for p in parts if counts[p] > 0]
+    return '+'.join(kept) if kept else split
 
 
 def open_source(source: sources_lib.Source | str, data_dir: str | None,
