@@ -10,6 +10,14 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _log_ticks_at(ax, values, labels) -> None:
+    """A log x-axis labelled at `values` only (the budgets), no minor ticks."""
+    ax.set_xscale('log')
+    ax.set_xticks(values)
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.minorticks_off()
+
+
 def plot_learning_curve(curve: Mapping, path: str) -> str:
     """Test macro AUC (95 % CI) vs records seen, the random band, the paired differences.
 
@@ -44,7 +52,7 @@ def plot_learning_curve(curve: Mapping, path: str) -> str:
     bottom.axhline(0.0, color='black', lw=0.8)
     bottom.set_ylabel('paired AUC difference')
     bottom.set_xlabel('records seen in pre-training')
-    bottom.set_xscale('log')
+    _log_ticks_at(bottom, x, [f'{v:,}' for v in x])
     bottom.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -68,7 +76,8 @@ def plot_label_efficiency(table: Mapping, path: str) -> str:
         m = [r['mean'] for r in rows]
         err = [[a - r['min'] for a, r in zip(m, rows)], [r['max'] - a for a, r in zip(m, rows)]]
         ax.errorbar(x, m, yerr=err, marker='o', capsize=3, label=name)
-    ax.set_xscale('log')
+    fractions = sorted({r['fraction'] * 100 for rows in table['encoders'].values() for r in rows})
+    _log_ticks_at(ax, fractions, [f'{f:g} %' for f in fractions])
     ax.set_xlabel('% of train-fold labels')
     ax.set_ylabel('test macro AUC')
     ax.set_title(f'{table["task"]}: label efficiency ({table["protocol"]})')

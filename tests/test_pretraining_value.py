@@ -150,6 +150,9 @@ def test_smoke_learning_curve_end_to_end(ptbxl_tfds_dir, tmp_path):
     for p in curve['points']:
         assert p['ci'][0] <= p['test_macro_auc'] <= p['ci'][1]
         assert [d['random_seed'] for d in p['paired']] == [0, 1]
+    best = curve['best_by_validation']
+    assert best['best_val_auc'] == max(p['best_val_auc'] for p in curve['points'])
+    assert best['step'] in (10, 20) and 'best budget by validation AUC' in proc.stdout
     # The budgets are checkpoints of ONE run: the later one resumed the earlier.
     assert {'10', '20'} <= set(os.listdir(tmp_path / 'pretrain' / 'checkpoints'))
     assert (tmp_path / 'learning_curve.png').exists() and 'records seen' in proc.stdout
