@@ -80,9 +80,7 @@ def _window_means(rows: list, losses: list, side: str) -> None:
 def _weights_from(side, cfg) -> tuple[dict, dict]:
     """The PyTorch side's (online encoder + predictor, target encoder) in our layout."""
     sd = {k: v.detach().numpy() for k, v in side.model.state_dict().items()}
-    return (torch_import.convert_online_state(sd, cfg),
-            torch_import.convert_encoder_state(torch_import.with_prefix(sd, 'target_encoder.'),
-                                               cfg))
+    return torch_import.convert_online_state(sd, cfg), torch_import.convert_target_state(sd, cfg)
 
 
 def run_pair(config, seed: int, make_torch_side: Callable, log_every: int,

@@ -80,11 +80,7 @@ def _our_batch(micro: list, bucket: int) -> dict:
 
 
 _to_ours = torch_import.convert_online_state
-
-
-def _target_to_ours(named: dict, cfg) -> dict:
-    return torch_import.convert_encoder_state(
-        torch_import.with_prefix(named, 'target_encoder.'), cfg)
+_target_to_ours = torch_import.convert_target_state
 
 
 def _state_arrays(model) -> dict:

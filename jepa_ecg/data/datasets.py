@@ -137,23 +137,33 @@ class _FeatureSpec:
         return np.asarray(values, self.dtype)
 
 
+def split_size(info: Any, name: str) -> int:
+    """Records in split `name` of a built dataset (0 for a split recorded
+    without shards or with an unknown count)."""
+    try:
+        return int(info.splits[name].num_examples or 0)
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+def present_splits(parts: Sequence[str], info: Any) -> list[str]:
+    """The split names (optionally sliced: 'fold1[:10]') that hold records."""
+    return [p for p in parts if split_size(info, p.split('[', 1)[0]) > 0]
+
+
 def nonempty_splits(split: str, info: Any) -> str:
     """`split` without the '+'-joined parts that name a split holding no records.
 
     A build from a partial download (e.g. PTB-XL with some folds absent)
     records those folds as empty splits; reading them adds nothing but a
-    warning per split. Expressions that are not plain '+'-joined names (with
-    optional slices), or whose parts are all empty, are returned unchanged.
+    warning per split. Expressions that name a split the build does not
+    have, or whose parts are all empty, are returned unchanged (TFDS then
+    says what is wrong).
     """
     parts = [p.strip() for p in split.split('+')]
-    counts = {}
-    for part in parts:
-        name = part.split('[', 1)[0]
-        if name not in info.splits:
-            return split
-        counts[part] = info.splits[name].num_examples
-    kept = [p for p in parts if counts[p] > 0]
-    return '+'.join(kept) if kept else split
+    if any(p.split('[', 1)[0] not in info.splits for p in parts):
+        return split
+    return '+'.join(present_splits(parts, info)) or split
 
 
 def open_source(source: sources_lib.Source | str, data_dir: str | None,

@@ -399,8 +399,8 @@ def load_task(task: str, *, fs: float, data_dir: str | None = None,
     source_task = SOURCE_TASK[task]
     classes = list(builder.info.metadata['classes'][source_task])
     limit = f'[:{int(max_records_per_fold)}]' if max_records_per_fold else ''
-    folds_present = [f'fold{i}' for i in TRAIN_FOLDS + VAL_FOLDS + TEST_FOLDS
-                     if _num_examples(builder, f'fold{i}') > 0]
+    folds_present = datasets.present_splits(
+        [f'fold{i}' for i in TRAIN_FOLDS + VAL_FOLDS + TEST_FOLDS], builder.info)
     if not folds_present:
         raise ValueError(f'{builder_name} in {data_dir} has no examples')
     split = '+'.join(s + limit for s in folds_present)
@@ -437,11 +437,3 @@ class _Rows:
 
     def __getitem__(self, index: int) -> dict:
         return self.records[int(self.rows[index])]
-
-
-def _num_examples(builder: Any, split: str) -> int:
-    # Folds without records are recorded with no shards (count 0 or unknown).
-    try:
-        return int(builder.info.splits[split].num_examples or 0)
-    except (KeyError, TypeError, ValueError):
-        return 0

@@ -87,11 +87,10 @@ def select_encoder_state(state_dict: Mapping[str, Any], *, which: str = 'target_
     """
     clean = {_strip_wrappers(k): v for k, v in state_dict.items()}
     prefix = which + '.'
-    picked = {k[len(prefix):]: _to_numpy(v) for k, v in clean.items() if k.startswith(prefix)}
+    picked = {k: _to_numpy(v) for k, v in with_prefix(clean, prefix).items()}
     if not picked and which == 'target_encoder':
         # A checkpoint of the encoder alone (e.g. saved from a fine-tuning run).
-        picked = {k[len('encoder.'):]: _to_numpy(v) for k, v in clean.items()
-                  if k.startswith('encoder.')}
+        picked = {k: _to_numpy(v) for k, v in with_prefix(clean, 'encoder.').items()}
     if not picked and any(k.startswith('blocks.') for k in clean):
         picked = {k: _to_numpy(v) for k, v in clean.items()}
     if not picked:
@@ -263,6 +262,11 @@ def convert_online_state(state: Mapping[str, Any], cfg: ModelConfig) -> dict:
     'predictor.' names, e.g. AdamW moments) -> our {'encoder', 'predictor'} params."""
     return {'encoder': convert_encoder_state(with_prefix(state, 'encoder.'), cfg),
             'predictor': convert_predictor_state(with_prefix(state, 'predictor.'), cfg)}
+
+
+def convert_target_state(state: Mapping[str, Any], cfg: ModelConfig) -> dict:
+    """A full JEPA state dict -> our params of its EMA target encoder."""
+    return convert_encoder_state(with_prefix(state, 'target_encoder.'), cfg)
 
 
 def convert_predictor_state(state: Mapping[str, Any], cfg: ModelConfig) -> dict:
