@@ -93,7 +93,8 @@ flags.DEFINE_integer('max_records_per_fold', None, 'pretrain: records per fold i
 flags.DEFINE_bool('same_init', False, 'pretrain: start ours from the PyTorch side\'s initial '
                   'weights (converted) instead of our initialiser.')
 flags.DEFINE_integer('log_every', 100, 'pretrain: record both trajectories every N steps.')
-flags.DEFINE_string('workdir', None, 'pretrain: output folder (side_by_side.json, .png, probes).')
+flags.DEFINE_string('workdir', None, 'pretrain: output folder (side_by_side.json, .png, '
+                    'probes); seeds already recorded there with the same settings are kept.')
 flags.DEFINE_string('data_dir', None, 'pretrain: TFDS data_dir (default: TFDS\'s).')
 flags.DEFINE_string('manual_dir', None, 'pretrain: raw PTB-XL folder, to build it on first use.')
 
@@ -394,9 +395,12 @@ def compare_pretrain() -> dict:
     else:
         make_side = side_by_side.ReferenceSide
     t0 = time.time()
-    result = side_by_side.run(config, [int(s) for s in FLAGS.seeds], make_side, FLAGS.workdir,
-                              log_every=FLAGS.log_every, side_name=FLAGS.official_impl,
-                              same_init=FLAGS.same_init)
+    try:
+        result = side_by_side.run(config, [int(s) for s in FLAGS.seeds], make_side,
+                                  FLAGS.workdir, log_every=FLAGS.log_every,
+                                  side_name=FLAGS.official_impl, same_init=FLAGS.same_init)
+    except side_by_side.WorkdirMismatch as e:
+        raise app.UsageError(str(e)) from e
     print_pretrain(result)
     return {'what': 'pretrain', 'workdir': FLAGS.workdir, 'minutes': (time.time() - t0) / 60,
             'official_side': FLAGS.official_impl, 'seeds': FLAGS.seeds,

@@ -171,15 +171,69 @@ def spreads(seeds: list[dict]) -> list[dict]:
     return out
 
 
+def _settings(config, log_every: int) -> dict:
+    """What two runs must share for their seeds to be pooled."""
+    p, lin = config.pretrain, config.linear
+    return {'log_every': int(log_every), 'model': p.model.to_dict(),
+            'warmup_steps': int(p.warmup_steps), 'learning_rate': float(p.learning_rate),
+            'weight_decay': [float(p.weight_decay), float(p.final_weight_decay)],
+            'ema_momentum': [float(p.ema_momentum), float(p.final_ema_momentum)],
+            'mixture': str(p.data.mixture), 'linear_steps': int(lin.total_steps),
+            'max_records_per_fold': lin.data.get('max_records_per_fold')}
+
+
+class WorkdirMismatch(ValueError):
+    """The workdir holds a side-by-side result that cannot be pooled with this run."""
+
+
+def earlier_seeds(path: str, result: dict) -> list[dict]:
+    """The seeds a run in the same workdir already finished, if its settings
+    are this run's; a clear error if they are not (never a silent mix)."""
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            earlier = json.load(f)
+        seeds = earlier['seeds']
+        logged = [[r['step'] for r in s['rows']] for s in seeds]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise WorkdirMismatch(f'{path}: not a side-by-side result ({e!r}); move it away or use '
+                         'another --workdir') from e
+    keys = ['official_side', 'same_init', 'task', 'steps', 'batch']
+    if 'settings' in earlier:  # (the first runs of the script did not record them)
+        keys.append('settings')
+    differ = [f'{k}: {earlier.get(k)!r} there, {result[k]!r} now' for k in keys
+              if earlier.get(k) != result[k]]
+    every, steps = result['settings']['log_every'], result['steps']
+    expected = [k for k in range(1, steps + 1) if k % every == 0 or k == steps]
+    if any(s != expected for s in logged):
+        differ.append(f'logged steps: {logged[0][:3]}... there, {expected[:3]}... now')
+    if differ:
+        raise WorkdirMismatch(f'{path} holds seeds run with other settings ({"; ".join(differ)}); '
+                         'use another --workdir to keep both')
+    return seeds
+
+
 def run(config, seeds: list[int], make_torch_side: Callable, workdir: str, *,
         log_every: int, side_name: str, same_init: bool = False,
         progress: Callable[[str], None] = print) -> dict:
-    """All seeds, probes and the paired comparison; writes side_by_side.json (+ plot)."""
+    """All seeds, probes and the paired comparison; writes side_by_side.json (+ plot).
+
+    Seeds already in the workdir's side_by_side.json (same settings) are kept
+    and not run again, so the seeds of one comparison can be run in separate
+    sessions and pool into one result.
+    """
     os.makedirs(workdir, exist_ok=True)
     result = {'official_side': side_name, 'same_init': same_init, 'task': config.task,
               'steps': int(config.pretrain.total_steps),
-              'batch': int(config.pretrain.global_batch_size), 'seeds': []}
+              'batch': int(config.pretrain.global_batch_size),
+              'settings': _settings(config, log_every), 'seeds': []}
+    result['seeds'] = earlier_seeds(os.path.join(workdir, RESULT_FILE), result)
+    done = {s['seed'] for s in result['seeds']}
     for seed in seeds:
+        if seed in done:
+            progress(f'seed {seed}: kept from {os.path.join(workdir, RESULT_FILE)}')
+            continue
         pair = run_pair(config.pretrain, seed, make_torch_side, log_every, progress,
                         same_init=same_init)
         entry = {'seed': seed, 'rows': pair['rows'], 'seconds': pair['seconds'], 'probe': {}}
@@ -193,7 +247,7 @@ def run(config, seeds: list[int], make_torch_side: Callable, workdir: str, *,
         entry['probe']['paired_ours_minus_official'] = compare.compare(
             compare.load_predictions(runs['ours']), compare.load_predictions(runs['official']),
             num_resamples=boot.num_resamples, confidence=boot.confidence, seed=0)
-        result['seeds'].append(entry)
+        result['seeds'] = sorted(result['seeds'] + [entry], key=lambda e: e['seed'])
         result['spreads'] = spreads(result['seeds'])
         with open(os.path.join(workdir, RESULT_FILE), 'w') as f:
             json.dump(result, f, indent=2)

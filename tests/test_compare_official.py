@@ -17,15 +17,26 @@ pytest.importorskip(
 from experiments import side_by_side  # noqa: E402
 
 
-def test_pretrain_side_by_side_smoke(ptbxl_tfds_dir, tmp_path):
-    proc = subprocess.run(
+def _side_by_side(tmp_path, data_dir, *extra):
+    return subprocess.run(
         [sys.executable, '-m', 'experiments.compare_official', '--what=pretrain',
-         '--official_impl=reference', '--budget=smoke,vit_tiny', '--seeds=0,1', '--log_every=5',
-         '--max_records_per_fold=24', f'--workdir={tmp_path}', f'--data_dir={ptbxl_tfds_dir}'],
+         '--official_impl=reference', '--budget=smoke,vit_tiny', '--max_records_per_fold=24',
+         f'--workdir={tmp_path}', f'--data_dir={data_dir}', *extra],
         capture_output=True, text=True, timeout=900)
+
+
+def test_pretrain_side_by_side_smoke(ptbxl_tfds_dir, tmp_path):
+    # Seeds run in two sittings pool into one result; the first seed is not re-run.
+    proc = _side_by_side(tmp_path, ptbxl_tfds_dir, '--seeds=1', '--log_every=5')
     assert proc.returncode == 0, proc.stderr[-3000:]
+    first = json.loads((tmp_path / side_by_side.RESULT_FILE).read_text())['seeds']
+    assert [s['seed'] for s in first] == [1]
+    proc = _side_by_side(tmp_path, ptbxl_tfds_dir, '--seeds=0,1', '--log_every=5')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'seed 1: kept from' in proc.stdout and 'seed 1 step' not in proc.stdout
     result = json.loads((tmp_path / side_by_side.RESULT_FILE).read_text())
     assert [s['seed'] for s in result['seeds']] == [0, 1]
+    assert result['seeds'][1] == first[0]
     for s in result['seeds']:
         assert [r['step'] for r in s['rows']] == [5, 10, 15, 20]
         for row in s['rows']:
@@ -45,6 +56,13 @@ def test_pretrain_side_by_side_smoke(ptbxl_tfds_dir, tmp_path):
     assert len(result['spreads']) == 4 and 'ours_mean_within_official' in result['spreads'][0]['loss']
     assert (tmp_path / side_by_side.PLOT_FILE).stat().st_size > 0
     assert 'linear test macro AUC ours' in proc.stdout
+    # Other settings in the same workdir: a clear refusal, the result untouched.
+    before = (tmp_path / side_by_side.RESULT_FILE).read_text()
+    proc = _side_by_side(tmp_path, ptbxl_tfds_dir, '--seeds=2', '--log_every=4')
+    assert proc.returncode != 0
+    assert 'other settings' in proc.stderr and 'log_every' in proc.stderr, proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr
+    assert (tmp_path / side_by_side.RESULT_FILE).read_text() == before
 
 
 def test_same_init_makes_the_two_trajectories_agree(ptbxl_tfds_dir, tmp_path):
