@@ -35,13 +35,13 @@ target std, effective rank, lr, weight decay, EMA momentum, gradient norm)
 are logged every `--log_every` steps; then the linear protocol scores both
 target encoders (the official one through our torch import) and the paired
 bootstrap compares them. Writes side_by_side.json and side_by_side.png in
-`--workdir` (experiments/side_by_side.py). `--official_impl=reference` runs
-experiments/torch_reference.py instead of a checkout (what the tests do).
+`--workdir` (experiments/side_by_side.py); both sides are saved at every
+logged step: the same command goes on from there and keeps finished seeds.
+`--official_impl=reference` runs experiments/torch_reference.py (tests).
 
 Timing on a shared machine: torch's OpenMP threads spin-wait, so a busy
-co-tenant slows the official side several-fold while ours barely moves;
-the 2-core ratio is only meaningful on an otherwise idle machine. For a
-per-core figure that load does not distort, pin both to one core:
+co-tenant slows the official side several-fold while ours barely moves; for
+a per-core figure that load does not distort, pin both to one core:
 `taskset -c 0 python -m experiments.compare_official --official_threads=1 ...`.
 """
 
@@ -93,8 +93,9 @@ flags.DEFINE_integer('max_records_per_fold', None, 'pretrain: records per fold i
 flags.DEFINE_bool('same_init', False, 'pretrain: start ours from the PyTorch side\'s initial '
                   'weights (converted) instead of our initialiser.')
 flags.DEFINE_integer('log_every', 100, 'pretrain: record both trajectories every N steps.')
-flags.DEFINE_string('workdir', None, 'pretrain: output folder (side_by_side.json, .png, '
-                    'probes); seeds already recorded there with the same settings are kept.')
+flags.DEFINE_string('workdir', None, 'pretrain: output folder (side_by_side.json, .png, probes).')
+flags.DEFINE_integer('stop_at_step', None, 'pretrain: stop the first unfinished seed after '
+                     'this logged step (the same command goes on from there).')
 flags.DEFINE_string('data_dir', None, 'pretrain: TFDS data_dir (default: TFDS\'s).')
 flags.DEFINE_string('manual_dir', None, 'pretrain: raw PTB-XL folder, to build it on first use.')
 
@@ -391,19 +392,22 @@ def compare_pretrain() -> dict:
         raise app.UsageError('--what=pretrain feeds one micro-batch per step (grad_accum_steps=1)')
     if FLAGS.official_impl == 'published':
         path = _official_dir()
-        make_side = lambda cfg, c: OfficialCode(path, cfg, c)
+        make_side = lambda cfg, c, start_step=0: OfficialCode(path, cfg, c, start_step=start_step)
     else:
         make_side = side_by_side.ReferenceSide
     t0 = time.time()
     try:
         result = side_by_side.run(config, [int(s) for s in FLAGS.seeds], make_side,
                                   FLAGS.workdir, log_every=FLAGS.log_every,
-                                  side_name=FLAGS.official_impl, same_init=FLAGS.same_init)
+                                  side_name=FLAGS.official_impl, same_init=FLAGS.same_init,
+                                  stop_at=FLAGS.stop_at_step)
     except side_by_side.WorkdirMismatch as e:
         raise app.UsageError(str(e)) from e
+    head = {'what': 'pretrain', 'workdir': FLAGS.workdir, 'minutes': (time.time() - t0) / 60}
+    if 'stopped' in result:
+        return {**head, 'stopped': result['stopped']}
     print_pretrain(result)
-    return {'what': 'pretrain', 'workdir': FLAGS.workdir, 'minutes': (time.time() - t0) / 60,
-            'official_side': FLAGS.official_impl, 'seeds': FLAGS.seeds,
+    return {**head, 'official_side': FLAGS.official_impl, 'seeds': FLAGS.seeds,
             'probe': {s['seed']: {k: s['probe'][k]['test_macro_auc'] for k in ('ours', 'official')}
                       for s in result['seeds']}}
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from typing import Callable
 
 import jax
 import numpy as np
+from flax import serialization
 
 from experiments import compare
 from experiments import torch_reference as ref
@@ -32,6 +34,10 @@ from jepa_ecg.training import jepa_step as jepa
 METRICS = ('loss', 'loss_mean', 'target_std', 'target_rank', 'lr', 'wd', 'momentum', 'grad_norm')
 RESULT_FILE = 'side_by_side.json'
 PLOT_FILE = 'side_by_side.png'
+
+
+class WorkdirMismatch(ValueError):
+    """The workdir holds a side-by-side result that cannot be pooled with this run."""
 
 
 def effective_rank(pooled: np.ndarray) -> float:
@@ -47,11 +53,12 @@ def effective_rank(pooled: np.ndarray) -> float:
 class ReferenceSide:
     """experiments/torch_reference.py behind the interface of OfficialCode."""
 
-    def __init__(self, cfg, config):
+    def __init__(self, cfg, config, *, start_step: int = 0):
         self.model = ref.Jepa(cfg)
         self.opt = ref.make_optimizer(self.model, b1=config.b1, b2=config.b2, eps=config.eps)
         self.schedules = ref.Schedules.from_config(config)
-        self.step_index, self.ticks = 0, 0
+        # One momentum tick per forward pass: one micro-batch per step here.
+        self.step_index, self.ticks = start_step, start_step * config.grad_accum_steps
 
     def step(self, micro_batches, autocast=None, *, measure: bool = False) -> dict:
         if autocast is not None:
@@ -83,13 +90,79 @@ def _weights_from(side, cfg) -> tuple[dict, dict]:
     return torch_import.convert_online_state(sd, cfg), torch_import.convert_target_state(sd, cfg)
 
 
+class PairCheckpoints:
+    """Both sides' state every few steps, so a long comparison can stop and go on.
+
+    One folder per saved step under `path` (ours.msgpack: our TrainState;
+    official.pt: the PyTorch module and optimiser; progress.json: step,
+    trajectories so far, timings, and the settings of the run). A folder
+    counts once its progress.json is there (written last); older ones go.
+    """
+
+    def __init__(self, path: str, fingerprint: dict):
+        self.path, self.fingerprint = path, fingerprint
+
+    def _complete(self) -> list[str]:
+        if not os.path.isdir(self.path):
+            return []
+        return sorted(d for d in os.listdir(self.path)
+                      if os.path.exists(os.path.join(self.path, d, 'progress.json')))
+
+    def save(self, step: int, state, side, progress: dict) -> None:
+        import torch  # pylint: disable=g-import-not-at-top
+        folder = os.path.join(self.path, f'step_{step:08d}')
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+        with open(os.path.join(folder, 'ours.msgpack'), 'wb') as f:
+            f.write(serialization.to_bytes(jax.device_get(state)))
+        torch.save({'model': side.model.state_dict(), 'opt': side.opt.state_dict()},
+                   os.path.join(folder, 'official.pt'))
+        with open(os.path.join(folder, 'progress.json.tmp'), 'w') as f:
+            json.dump({**progress, 'step': step, 'fingerprint': self.fingerprint}, f)
+        os.replace(os.path.join(folder, 'progress.json.tmp'),
+                   os.path.join(folder, 'progress.json'))
+        for old in self._complete()[:-1]:
+            shutil.rmtree(os.path.join(self.path, old), ignore_errors=True)
+
+    def latest(self) -> str | None:
+        done = self._complete()
+        if not done:
+            return None
+        folder = os.path.join(self.path, done[-1])
+        with open(os.path.join(folder, 'progress.json')) as f:
+            theirs = json.load(f)['fingerprint']
+        if theirs != self.fingerprint:
+            differ = sorted(k for k in set(theirs) | set(self.fingerprint)
+                            if theirs.get(k) != self.fingerprint.get(k))
+            raise WorkdirMismatch(f'{folder} was saved by a run with other settings '
+                                  f'({", ".join(differ)}); use another --workdir')
+        return folder
+
+    def restore(self, folder: str, state, side):
+        import torch  # pylint: disable=g-import-not-at-top
+        with open(os.path.join(folder, 'ours.msgpack'), 'rb') as f:
+            state = serialization.from_bytes(state, f.read())
+        saved = torch.load(os.path.join(folder, 'official.pt'))
+        side.model.load_state_dict(saved['model'])
+        side.opt.load_state_dict(saved['opt'])
+        with open(os.path.join(folder, 'progress.json')) as f:
+            return state, json.load(f)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 def run_pair(config, seed: int, make_torch_side: Callable, log_every: int,
-             progress: Callable[[str], None] = print, *, same_init: bool = False) -> dict:
+             progress: Callable[[str], None] = print, *, same_init: bool = False,
+             checkpoints: PairCheckpoints | None = None, stop_at: int | None = None
+             ) -> dict | None:
     """Pre-trains both sides for config.total_steps on the same batches.
 
     `same_init`: ours starts from the PyTorch side's initial weights
     (converted) instead of its own initialiser, which separates what the
-    two initialisations do from what the steps do.
+    two initialisations do from what the steps do. `checkpoints`: both sides
+    are saved at every logged step and a run goes on from the latest save;
+    `stop_at`: stop after saving that step (returns None).
     """
     import torch  # pylint: disable=g-import-not-at-top
     config = config.copy_and_resolve_references()
@@ -102,14 +175,23 @@ def run_pair(config, seed: int, make_torch_side: Callable, log_every: int,
         rank_every=log_every, ema_per_micro_batch=config.get('ema_per_micro_batch', False)))
     state = jepa.init_train_state(jax.random.PRNGKey(seed), cfg, tx)
     torch.manual_seed(seed)
-    side = make_torch_side(cfg, config)
-    if same_init:
-        params, target = _weights_from(side, cfg)
-        state = state.replace(params=params, target_params=target, opt_state=tx.init(params))
-    it = jepa_loop.make_input_iterator(config, cfg, 0)
+    saved = checkpoints.latest() if checkpoints else None
+    start = 0
+    if saved:
+        with open(os.path.join(saved, 'progress.json')) as f:
+            start = json.load(f)['step']
+    side = make_torch_side(cfg, config, start_step=start)
     rows, losses = [], {'ours': [], 'official': []}
     seconds = {'ours': 0.0, 'official': 0.0}
-    for step in range(config.total_steps):
+    if saved:
+        state, done = checkpoints.restore(saved, state, side)
+        rows, losses, seconds = done['rows'], done['losses'], done['seconds']
+        progress(f'seed {seed}: going on from step {start} ({saved})')
+    elif same_init:
+        params, target = _weights_from(side, cfg)
+        state = state.replace(params=params, target_params=target, opt_state=tx.init(params))
+    it = jepa_loop.make_input_iterator(config, cfg, start)
+    for step in range(start, config.total_steps):
         batch = next(it)
         t0 = time.perf_counter()
         state, m = step_fn(state, {k: batch[k] for k in jepa_loop.STEP_INPUTS})
@@ -131,8 +213,17 @@ def run_pair(config, seed: int, make_torch_side: Callable, log_every: int,
                 _window_means(rows, losses[name], name)
             progress(f'seed {seed} step {step + 1}: loss ours {ours["loss"]:.4f} '
                      f'official {theirs["loss"]:.4f}')
+            if checkpoints:
+                checkpoints.save(step + 1, state, side,
+                                 {'rows': rows, 'losses': losses, 'seconds': seconds})
+            if stop_at is not None and step + 1 >= stop_at:
+                break
     if hasattr(it, 'close'):
         it.close()
+    if stop_at is not None and rows and rows[-1]['step'] < config.total_steps:
+        progress(f'seed {seed}: stopped after step {rows[-1]["step"]}; the same command '
+                 'goes on from there')
+        return None
     return {'seed': seed, 'rows': rows, 'seconds': seconds, 'cfg': cfg,
             'encoders': {'ours': jax.device_get(state.target_params),
                          'official': _weights_from(side, cfg)[1]}}
@@ -182,10 +273,6 @@ def _settings(config, log_every: int) -> dict:
             'max_records_per_fold': lin.data.get('max_records_per_fold')}
 
 
-class WorkdirMismatch(ValueError):
-    """The workdir holds a side-by-side result that cannot be pooled with this run."""
-
-
 def earlier_seeds(path: str, result: dict) -> list[dict]:
     """The seeds a run in the same workdir already finished, if its settings
     are this run's; a clear error if they are not (never a silent mix)."""
@@ -216,12 +303,14 @@ def earlier_seeds(path: str, result: dict) -> list[dict]:
 
 def run(config, seeds: list[int], make_torch_side: Callable, workdir: str, *,
         log_every: int, side_name: str, same_init: bool = False,
-        progress: Callable[[str], None] = print) -> dict:
+        progress: Callable[[str], None] = print, stop_at: int | None = None) -> dict:
     """All seeds, probes and the paired comparison; writes side_by_side.json (+ plot).
 
     Seeds already in the workdir's side_by_side.json (same settings) are kept
-    and not run again, so the seeds of one comparison can be run in separate
-    sessions and pool into one result.
+    and not run again, and a seed's pre-training goes on from its latest
+    logged step (seed<k>/pair_checkpoint), so one comparison can be run in
+    separate sittings and pool into one result. `stop_at`: stop the first
+    unfinished seed after that step (result['stopped'] names it).
     """
     os.makedirs(workdir, exist_ok=True)
     result = {'official_side': side_name, 'same_init': same_init, 'task': config.task,
@@ -234,8 +323,15 @@ def run(config, seeds: list[int], make_torch_side: Callable, workdir: str, *,
         if seed in done:
             progress(f'seed {seed}: kept from {os.path.join(workdir, RESULT_FILE)}')
             continue
+        fingerprint = {k: result[k] for k in ('official_side', 'same_init', 'task', 'steps',
+                                              'batch', 'settings')}
+        checkpoints = PairCheckpoints(os.path.join(workdir, f'seed{seed}', 'pair_checkpoint'),
+                                      {**fingerprint, 'seed': seed})
         pair = run_pair(config.pretrain, seed, make_torch_side, log_every, progress,
-                        same_init=same_init)
+                        same_init=same_init, checkpoints=checkpoints, stop_at=stop_at)
+        if pair is None:
+            result['stopped'] = seed
+            return result
         entry = {'seed': seed, 'rows': pair['rows'], 'seconds': pair['seconds'], 'probe': {}}
         runs = {}
         for name, params in pair['encoders'].items():
@@ -249,8 +345,10 @@ def run(config, seeds: list[int], make_torch_side: Callable, workdir: str, *,
             num_resamples=boot.num_resamples, confidence=boot.confidence, seed=0)
         result['seeds'] = sorted(result['seeds'] + [entry], key=lambda e: e['seed'])
         result['spreads'] = spreads(result['seeds'])
-        with open(os.path.join(workdir, RESULT_FILE), 'w') as f:
+        with open(os.path.join(workdir, RESULT_FILE) + '.tmp', 'w') as f:
             json.dump(result, f, indent=2)
+        os.replace(os.path.join(workdir, RESULT_FILE) + '.tmp', os.path.join(workdir, RESULT_FILE))
+        checkpoints.clear()
     if config.plots:
         plot(result, os.path.join(workdir, PLOT_FILE))
     return result

@@ -26,10 +26,28 @@ def _side_by_side(tmp_path, data_dir, *extra):
 
 
 def test_pretrain_side_by_side_smoke(ptbxl_tfds_dir, tmp_path):
-    # Seeds run in two sittings pool into one result; the first seed is not re-run.
+    # A seed stopped after step 10 goes on from there, exactly as if it had
+    # not stopped (an uninterrupted run to step 15, elsewhere, is the yardstick).
+    whole = tmp_path / 'whole'
+    proc = _side_by_side(whole, ptbxl_tfds_dir, '--seeds=1', '--log_every=5', '--stop_at_step=15')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (saved,) = (whole / 'seed1' / 'pair_checkpoint').iterdir()
+    uninterrupted = json.loads((saved / 'progress.json').read_text())['rows']
+    assert [r['step'] for r in uninterrupted] == [5, 10, 15]
+    assert not (whole / side_by_side.RESULT_FILE).exists()
+    proc = _side_by_side(tmp_path, ptbxl_tfds_dir, '--seeds=1', '--log_every=5', '--stop_at_step=10')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'stopped after step 10' in proc.stdout
     proc = _side_by_side(tmp_path, ptbxl_tfds_dir, '--seeds=1', '--log_every=5')
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'going on from step 10' in proc.stdout and 'seed 1 step 5:' not in proc.stdout
+    assert not (tmp_path / 'seed1' / 'pair_checkpoint').exists()
     first = json.loads((tmp_path / side_by_side.RESULT_FILE).read_text())['seeds']
+    resumed = first[0]['rows'][2]
+    for side in ('ours', 'official'):
+        for k in ('loss', 'loss_mean', 'target_std', 'grad_norm', 'lr', 'momentum'):
+            assert resumed[side][k] == pytest.approx(uninterrupted[2][side][k], rel=1e-6), (side, k)
+    # Seeds run in separate sittings pool into one result; a finished seed is not re-run.
     assert [s['seed'] for s in first] == [1]
     proc = _side_by_side(tmp_path, ptbxl_tfds_dir, '--seeds=0,1', '--log_every=5')
     assert proc.returncode == 0, proc.stderr[-3000:]
