@@ -33,6 +33,8 @@ from jepa_ecg.training import jepa_step as jepa
 
 METRICS = ('loss', 'loss_mean', 'target_std', 'target_rank', 'lr', 'wd', 'momentum', 'grad_norm')
 RESULT_FILE = 'side_by_side.json'
+# What seeds must share to be pooled (with the run's settings, see _settings).
+POOLED_KEYS = ('official_side', 'same_init', 'task', 'steps', 'batch')
 PLOT_FILE = 'side_by_side.png'
 
 
@@ -124,29 +126,31 @@ class PairCheckpoints:
         for old in self._complete()[:-1]:
             shutil.rmtree(os.path.join(self.path, old), ignore_errors=True)
 
-    def latest(self) -> str | None:
+    def latest(self) -> tuple[str, dict] | None:
+        """(folder, progress) of the newest complete save, or None."""
         done = self._complete()
         if not done:
             return None
         folder = os.path.join(self.path, done[-1])
         with open(os.path.join(folder, 'progress.json')) as f:
-            theirs = json.load(f)['fingerprint']
+            saved = json.load(f)
+        theirs = saved['fingerprint']
         if theirs != self.fingerprint:
             differ = sorted(k for k in set(theirs) | set(self.fingerprint)
                             if theirs.get(k) != self.fingerprint.get(k))
             raise WorkdirMismatch(f'{folder} was saved by a run with other settings '
                                   f'({", ".join(differ)}); use another --workdir')
-        return folder
+        return folder, saved
 
     def restore(self, folder: str, state, side):
+        """Our TrainState from the save (shaped like `state`); `side` loaded in place."""
         import torch  # pylint: disable=g-import-not-at-top
         with open(os.path.join(folder, 'ours.msgpack'), 'rb') as f:
             state = serialization.from_bytes(state, f.read())
         saved = torch.load(os.path.join(folder, 'official.pt'))
         side.model.load_state_dict(saved['model'])
         side.opt.load_state_dict(saved['opt'])
-        with open(os.path.join(folder, 'progress.json')) as f:
-            return state, json.load(f)
+        return state
 
     def clear(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -175,16 +179,13 @@ def run_pair(config, seed: int, make_torch_side: Callable, log_every: int,
         rank_every=log_every, ema_per_micro_batch=config.get('ema_per_micro_batch', False)))
     state = jepa.init_train_state(jax.random.PRNGKey(seed), cfg, tx)
     torch.manual_seed(seed)
-    saved = checkpoints.latest() if checkpoints else None
-    start = 0
-    if saved:
-        with open(os.path.join(saved, 'progress.json')) as f:
-            start = json.load(f)['step']
+    saved, done = (checkpoints.latest() if checkpoints else None) or (None, None)
+    start = done['step'] if saved else 0
     side = make_torch_side(cfg, config, start_step=start)
     rows, losses = [], {'ours': [], 'official': []}
     seconds = {'ours': 0.0, 'official': 0.0}
     if saved:
-        state, done = checkpoints.restore(saved, state, side)
+        state = checkpoints.restore(saved, state, side)
         rows, losses, seconds = done['rows'], done['losses'], done['seconds']
         progress(f'seed {seed}: going on from step {start} ({saved})')
     elif same_init:
@@ -285,8 +286,8 @@ def earlier_seeds(path: str, result: dict) -> list[dict]:
         logged = [[r['step'] for r in s['rows']] for s in seeds]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise WorkdirMismatch(f'{path}: not a side-by-side result ({e!r}); move it away or use '
-                         'another --workdir') from e
-    keys = ['official_side', 'same_init', 'task', 'steps', 'batch']
+                              'another --workdir') from e
+    keys = list(POOLED_KEYS)
     if 'settings' in earlier:  # (the first runs of the script did not record them)
         keys.append('settings')
     differ = [f'{k}: {earlier.get(k)!r} there, {result[k]!r} now' for k in keys
@@ -297,7 +298,7 @@ def earlier_seeds(path: str, result: dict) -> list[dict]:
         differ.append(f'logged steps: {logged[0][:3]}... there, {expected[:3]}... now')
     if differ:
         raise WorkdirMismatch(f'{path} holds seeds run with other settings ({"; ".join(differ)}); '
-                         'use another --workdir to keep both')
+                              'use another --workdir to keep both')
     return seeds
 
 
@@ -323,8 +324,7 @@ def run(config, seeds: list[int], make_torch_side: Callable, workdir: str, *,
         if seed in done:
             progress(f'seed {seed}: kept from {os.path.join(workdir, RESULT_FILE)}')
             continue
-        fingerprint = {k: result[k] for k in ('official_side', 'same_init', 'task', 'steps',
-                                              'batch', 'settings')}
+        fingerprint = {k: result[k] for k in (*POOLED_KEYS, 'settings')}
         checkpoints = PairCheckpoints(os.path.join(workdir, f'seed{seed}', 'pair_checkpoint'),
                                       {**fingerprint, 'seed': seed})
         pair = run_pair(config.pretrain, seed, make_torch_side, log_every, progress,
