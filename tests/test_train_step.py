@@ -139,6 +139,24 @@ def test_effective_rank_detects_collapse():
     assert float(jepa.effective_rank(collapsed + 1e-6 * full)) < 2
 
 
+@pytest.mark.parametrize('records,dim,rank', [(64, 192, 63), (64, 192, 10), (8, 192, 7),
+                                              (256, 192, 192)])
+def test_effective_rank_equals_float64_svd(records, dim, rank):
+    # The step's batch of pooled targets (records x dim, often fewer records
+    # than dims, spectrum spread over 2 decades): the float32 rank must read
+    # as a float64 SVD does, not higher from zero singular values.
+    rng = np.random.default_rng(rank)
+    x = (rng.standard_normal((records, rank)) @ rng.standard_normal((rank, dim))
+         * np.logspace(0, -2, dim)) * 0.1
+    x = x - x.mean(axis=0)
+    s = np.linalg.svd(x, compute_uv=False)
+    p = s / s.sum()
+    p = p[p > 0]
+    expected = np.exp(-(p * np.log(p)).sum())
+    got = float(jepa.effective_rank(jnp.asarray(x, jnp.float32)))
+    assert got == pytest.approx(expected, rel=1e-4)
+
+
 def test_masked_l1_is_mean_over_masked_patches():
     pred = np.zeros((2, 4, 3), np.float32)
     target = np.arange(24, dtype=np.float32).reshape(2, 4, 3)

@@ -68,9 +68,10 @@ def effective_rank(features: jax.Array) -> jax.Array:
     """
     x = features.astype(jnp.float32)
     x = x - x.mean(axis=0, keepdims=True)
-    # Eigenvalues of the (D, D) Gram matrix are the squared singular values.
-    eig = jnp.clip(jnp.linalg.eigvalsh(x.T @ x), 0.0, None)
-    s = jnp.sqrt(eig)
+    # Singular values of x itself, not square roots of a Gram matrix's
+    # eigenvalues: in float32 those turn the zero singular values into
+    # ~1e-3 of the largest, each adding entropy (the rank read too high).
+    s = jnp.linalg.svd(x, compute_uv=False)
     p = s / jnp.maximum(s.sum(), 1e-12)
     entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
     return jnp.exp(entropy)
