@@ -360,14 +360,16 @@ def plot(result: dict, path: str) -> None:
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
     panels = ('loss_mean', 'target_std', 'target_rank', 'grad_norm', 'lr', 'wd', 'momentum')
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    styles = ('-', '--', ':', '-.')  # one per seed; colour = side
     for ax, k in zip(axes.flat, panels):
-        for s in result['seeds']:
+        for i, s in enumerate(result['seeds']):
             steps = [r['step'] for r in s['rows']]
             for side, color in (('ours', 'tab:blue'), ('official', 'tab:orange')):
                 ax.plot(steps, [r[side][k] for r in s['rows']], color=color, alpha=0.8,
-                        label=f'{side} seed {s["seed"]}')
-        ax.set_title(k)
+                        linestyle=styles[i % len(styles)], label=f'{side} seed {s["seed"]}')
+        ax.set_title(k + (' (log scale)' if k == 'loss_mean' else ''))
         ax.set_xlabel('step')
+    axes.flat[0].set_yscale('log')
     ax = axes.flat[-1]
     for i, s in enumerate(result['seeds']):
         for j, side in enumerate(('ours', 'official')):
@@ -375,8 +377,9 @@ def plot(result: dict, path: str) -> None:
             ax.errorbar([i + 0.2 * j], [p['test_macro_auc']],
                         yerr=[[p['test_macro_auc'] - p['ci'][0]], [p['ci'][1] - p['test_macro_auc']]],
                         fmt='o', color=('tab:blue', 'tab:orange')[j])
+    ax.set_xticks([i + 0.1 for i in range(len(result['seeds']))],
+                  [f'seed {s["seed"]}' for s in result['seeds']])
     ax.set_title('linear probe, test macro AUC (95% CI)')
-    ax.set_xlabel('seed')
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(f'jepa_ecg vs {result["official_side"]}: {result["steps"]} steps x '
                  f'{result["batch"]}')
