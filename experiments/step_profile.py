@@ -3,8 +3,6 @@ r"""Where the pre-training step's CPU time goes, and what its matmuls alone cost
   python -m experiments.step_profile --variant=XS --batch=32 --fs=500
   taskset -c 0 python -m experiments.step_profile --variant=XS --matmuls   # one core
 
-(--variant, --batch, --fs and --out are experiments.benchmark's flags.)
-
 1. Profiles `--profile_steps` jitted, donated train steps (the step of
    experiments/benchmark.py, one kept-token count) with jax.profiler and sums
    the XLA operations' time per step by kind: `ynn_fusion` (matmuls and the
@@ -41,17 +39,27 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-# experiments.benchmark's flags serve here too: --variant, --batch, --fs, --out.
-from experiments.benchmark import _model_config, _variant  # noqa: E402
+from experiments.configs.pretrain import get_config  # noqa: E402
 from jepa_ecg.data import masking  # noqa: E402
+from jepa_ecg.models.config import model_config_from  # noqa: E402
 from jepa_ecg.training import flops, optim  # noqa: E402
 from jepa_ecg.training import jepa_step as jepa  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_float('context_fraction', 0.2, 'Context tokens kept per record (before bucketing).')
-flags.DEFINE_integer('profile_steps', 3, 'Profiled steps (after 2 untimed ones).')
-flags.DEFINE_bool('matmuls', False, 'Also time every matmul of the step alone (XLA, torch).')
-flags.DEFINE_integer('matmul_reps', 5, 'Timed repetitions per matmul (median).')
+
+
+def define_flags() -> None:
+    """Only when run: the module is also imported beside other experiments' flags."""
+    flags.DEFINE_string('variant', 'XS', 'Model variant: XS, S, B or tiny (vit_xs etc. accepted).')
+    flags.DEFINE_integer('batch', 32, 'Global batch size.')
+    flags.DEFINE_float('fs', 500.0, 'Model sampling rate (Hz); the patch is 50 ms at this rate.')
+    flags.DEFINE_float('context_fraction', 0.2, 'Context tokens kept per record (before '
+                       'bucketing).')
+    flags.DEFINE_integer('profile_steps', 3, 'Profiled steps (after 2 untimed ones).')
+    flags.DEFINE_bool('matmuls', False, 'Also time every matmul of the step alone (XLA, torch).')
+    flags.DEFINE_integer('matmul_reps', 5, 'Timed repetitions per matmul (median).')
+    flags.DEFINE_string('out', None, 'Also append the JSON line to this file.')
+
 
 # XLA operations are named like HLO instructions (lower case, '_' and '-');
 # the runtime's own events (ThunkExecutor, PjitFunction(...), waits) are not.
@@ -61,8 +69,11 @@ _NOT_OPS = {'end', 'cond', 'while', 'call'}  # envelopes of other operations
 
 def _step(variant: str, batch: int, fs: float, keep_ratio: float, seed: int = 0):
     """(jitted donated step, state, one batch, model config, kept count)."""
-    config, cfg = _model_config(dict(variant=variant, fs=fs, window_seconds=10.0,
-                                     dtype='float32'))
+    name = variant.lower().removeprefix('vit_')
+    config = get_config(f'vit_{name},synthetic,fs={fs:g}')
+    config.unlock()
+    config.grad_accum_steps = 1  # one micro-batch per step, as the benchmark times it
+    cfg = model_config_from(config)
     schedules = optim.make_schedules(config)
     tx = optim.make_optimizer(config, schedules)
     step = jax.jit(jepa.make_train_step(cfg, tx, schedules, dtype='float32',
@@ -227,7 +238,7 @@ def print_record(r: dict) -> None:
 
 def main(argv):
     del argv
-    record = run(_variant(FLAGS.variant), FLAGS.batch or 32, FLAGS.fs, FLAGS.context_fraction,
+    record = run(FLAGS.variant, FLAGS.batch, FLAGS.fs, FLAGS.context_fraction,
                  FLAGS.profile_steps, FLAGS.matmuls, FLAGS.matmul_reps)
     print_record(record)
     line = json.dumps({k: v for k, v in record.items() if k != 'matmuls'}
@@ -240,4 +251,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main)
