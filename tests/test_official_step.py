@@ -7,7 +7,9 @@ weights, target weights and AdamW moments within float32 tolerance: at the
 first step, in the middle of the learning-rate warm-up with weight decay on
 its cosine, with 2 accumulated micro-batches whose target moves once per
 micro-batch (the published ViT-B schedule), and for the first release's
-model (xavier init, LayerNorms with biases).
+model (xavier init, LayerNorms with biases). And each side's own
+initialiser draws every parameter from the same distribution, so that two
+runs from their own initial weights differ by their draw only.
 
 The PyTorch side is experiments/torch_reference.py, a statement of the
 published step. Where the published code itself is checked out
@@ -231,3 +233,42 @@ def test_reference_statement_equals_the_published_code(accum):
     assert set(ours) == set(theirs)
     for k in ours:
         np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+_PUBLISHED_MODEL = os.path.join(os.environ.get('JEPA_ECG_OFFICIAL_DIR', ''), 'models', 'JEPA.py')
+
+
+@pytest.mark.parametrize('side,init', [('reference', 'trunc_normal'), ('reference', 'xavier'),
+                                       ('published', 'trunc_normal')])
+def test_our_initialiser_draws_what_the_published_one_draws(side, init):
+    """Our initial weights and the PyTorch side's, each drawn by its own
+    initialiser, differ by chance only: every parameter from the same
+    distribution (equal constants; equal mean and std within sampling error;
+    the same shape of distribution by a two-sample Kolmogorov-Smirnov test).
+    From the same weights the two steps are equal (the tests above), so
+    runs of the two sides differ in their initial draw and nothing else."""
+    from scipy import stats  # pylint: disable=g-import-not-at-top
+    if side == 'published' and not os.path.isfile(_PUBLISHED_MODEL):
+        pytest.skip('the published code is not checked out (JEPA_ECG_OFFICIAL_DIR)')
+    config = get_config('vit_xs,100hz')
+    config.unlock()
+    if init == 'xavier':  # the first release
+        config.model.init, config.model.norm_bias = 'xavier', True
+    cfg = model_config_from(config)
+    torch.manual_seed(0)
+    model = (ref.Jepa(cfg) if side == 'reference' else compare_official.OfficialCode(
+        os.environ['JEPA_ECG_OFFICIAL_DIR'], cfg, config).model)
+    theirs = dict(jax.tree_util.tree_flatten_with_path(_to_ours(_state_arrays(model), cfg))[0])
+    ours = jax.tree_util.tree_flatten_with_path(jepa.init_params(jax.random.PRNGKey(0), cfg))[0]
+    assert len(ours) == len(theirs)
+    for path, a in ours:
+        name = jax.tree_util.keystr(path)
+        a, b = np.asarray(a, np.float64).ravel(), np.asarray(theirs[path], np.float64).ravel()
+        if b.std() == 0:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+            continue
+        n = a.size
+        assert abs(a.std() / b.std() - 1) < 6 / np.sqrt(n), (name, a.std(), b.std())
+        assert abs(a.mean() - b.mean()) < 6 * b.std() / np.sqrt(n), (name, a.mean(), b.mean())
+        if n >= 1000:
+            assert stats.ks_2samp(a, b).pvalue > 1e-6, name
