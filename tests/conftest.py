@@ -15,6 +15,30 @@ import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# The published code (MIT) that the comparison tests check against; CI has it
+# beside the repository.
+_OFFICIAL = REPO.parent / 'shared' / 'reference' / 'official-ECG-JEPA'
+if 'JEPA_ECG_OFFICIAL_DIR' not in os.environ and (_OFFICIAL / 'models' / 'JEPA.py').is_file():
+  os.environ['JEPA_ECG_OFFICIAL_DIR'] = str(_OFFICIAL)
+
+# Tests that read the real PTB-XL build it first: they belong to the full tier.
+_REAL_DATA_FIXTURES = {'ptbxl_dir', 'ptbxl_tfds_dir'}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if _REAL_DATA_FIXTURES & set(getattr(item, 'fixturenames', ())):
+      item.add_marker(pytest.mark.slow)
+
+
+def require_or_skip(msg: str) -> None:
+  """Skips a test whose input is missing; fails instead where CI requires it."""
+  if os.environ.get('JEPA_ECG_REQUIRE_DATA') == '1':
+    pytest.fail(msg + ' and JEPA_ECG_REQUIRE_DATA=1')
+  pytest.skip(msg)
+
 
 def _ptbxl_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get(
@@ -26,10 +50,7 @@ def ptbxl_dir() -> pathlib.Path:
   """The real PTB-XL folder; skipped when absent unless data is required."""
   path = _ptbxl_dir()
   if not (path / 'ptbxl_database.csv').exists():
-    msg = f'PTB-XL not found at {path} (set PTBXL_DIR)'
-    if os.environ.get('JEPA_ECG_REQUIRE_DATA') == '1':
-      pytest.fail(msg + ' and JEPA_ECG_REQUIRE_DATA=1')
-    pytest.skip(msg)
+    require_or_skip(f'PTB-XL not found at {path} (set PTBXL_DIR)')
   return path
 
 
@@ -44,6 +65,16 @@ def ptbxl_tfds_dir(ptbxl_dir, tmp_path_factory) -> pathlib.Path:
   data_dir = tmp_path_factory.mktemp('ptbxl_tfds')
   build.build_dataset('ptb_xl/records100', str(data_dir), manual_dir=str(ptbxl_dir))
   return data_dir
+
+
+@pytest.fixture(scope='session')
+def official_dir() -> pathlib.Path:
+  """The published code's checkout ($JEPA_ECG_OFFICIAL_DIR, by default
+  ../shared/reference/official-ECG-JEPA)."""
+  path = pathlib.Path(os.environ.get('JEPA_ECG_OFFICIAL_DIR', _OFFICIAL))
+  if not (path / 'models' / 'JEPA.py').is_file():
+    require_or_skip(f'the published code is not at {path} (set JEPA_ECG_OFFICIAL_DIR)')
+  return path
 
 
 @pytest.fixture(scope='session')

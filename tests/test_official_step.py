@@ -12,14 +12,12 @@ initialiser draws every parameter from the same distribution, so that two
 runs from their own initial weights differ by their draw only.
 
 The PyTorch side is experiments/torch_reference.py, a statement of the
-published step. Where the published code itself is checked out
-(JEPA_ECG_OFFICIAL_DIR=<kweimann/ECG-JEPA checkout>), the last test runs it
-beside that statement and requires the same numbers, which ties the CI
-tests (no network, no checkout) to the published code.
+published step; the tests that take `official_dir` run the published code
+itself (../shared/reference/official-ECG-JEPA, or $JEPA_ECG_OFFICIAL_DIR)
+beside that statement and require the same numbers. CI requires them to run.
 """
 
 import copy
-import os
 
 import jax
 import jax.numpy as jnp
@@ -210,17 +208,13 @@ def test_ema_per_micro_batch_advances_the_momentum_once_per_micro_batch():
         np.testing.assert_allclose(np.asarray(leaf), expected, rtol=1e-5)
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(
-    os.environ.get('JEPA_ECG_OFFICIAL_DIR', ''), 'models', 'JEPA.py')),
-    reason='the published code is not checked out: set JEPA_ECG_OFFICIAL_DIR to a clone of '
-           'github.com/kweimann/ECG-JEPA to check experiments/torch_reference.py against it')
 @pytest.mark.parametrize('accum', [1, 2])
-def test_reference_statement_equals_the_published_code(accum):
+def test_reference_statement_equals_the_published_code(accum, official_dir):
     config = _config(warmup=10, accum=accum, per_micro_batch=accum > 1)
     cfg = model_config_from(config)
     torch.manual_seed(0)
     model = ref.Jepa(cfg)
-    official = compare_official.OfficialCode(os.environ['JEPA_ECG_OFFICIAL_DIR'], cfg, config,
+    official = compare_official.OfficialCode(str(official_dir), cfg, config,
                                              start_step=3)
     official.model.load_state_dict(model.state_dict())
     opt = ref.make_optimizer(model, b1=config.b1, b2=config.b2, eps=config.eps)
@@ -235,12 +229,9 @@ def test_reference_statement_equals_the_published_code(accum):
         np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-5, atol=1e-7, err_msg=k)
 
 
-_PUBLISHED_MODEL = os.path.join(os.environ.get('JEPA_ECG_OFFICIAL_DIR', ''), 'models', 'JEPA.py')
-
-
 @pytest.mark.parametrize('side,init', [('reference', 'trunc_normal'), ('reference', 'xavier'),
                                        ('published', 'trunc_normal')])
-def test_our_initialiser_draws_what_the_published_one_draws(side, init):
+def test_our_initialiser_draws_what_the_published_one_draws(side, init, request):
     """Our initial weights and the PyTorch side's, each drawn by its own
     initialiser, differ by chance only: every parameter from the same
     distribution (equal constants; equal mean and std within sampling error;
@@ -248,8 +239,7 @@ def test_our_initialiser_draws_what_the_published_one_draws(side, init):
     From the same weights the two steps are equal (the tests above), so
     runs of the two sides differ in their initial draw and nothing else."""
     from scipy import stats  # pylint: disable=g-import-not-at-top
-    if side == 'published' and not os.path.isfile(_PUBLISHED_MODEL):
-        pytest.skip('the published code is not checked out (JEPA_ECG_OFFICIAL_DIR)')
+    official_dir = request.getfixturevalue('official_dir') if side == 'published' else None
     config = get_config('vit_xs,100hz')
     config.unlock()
     if init == 'xavier':  # the first release
@@ -257,7 +247,7 @@ def test_our_initialiser_draws_what_the_published_one_draws(side, init):
     cfg = model_config_from(config)
     torch.manual_seed(0)
     model = (ref.Jepa(cfg) if side == 'reference' else compare_official.OfficialCode(
-        os.environ['JEPA_ECG_OFFICIAL_DIR'], cfg, config).model)
+        str(official_dir), cfg, config).model)
     theirs = dict(jax.tree_util.tree_flatten_with_path(_to_ours(_state_arrays(model), cfg))[0])
     ours = jax.tree_util.tree_flatten_with_path(jepa.init_params(jax.random.PRNGKey(0), cfg))[0]
     assert len(ours) == len(theirs)
