@@ -45,7 +45,8 @@ from absl import app, flags  # noqa: E402
 from experiments import pipeline_bench  # noqa: E402
 from experiments.configs.pretrain import get_config  # noqa: E402
 from jepa_ecg import inference, sharding  # noqa: E402
-from jepa_ecg.data import masking, stats  # noqa: E402
+from jepa_ecg.data import masking  # noqa: E402
+from jepa_ecg.data import source_stats as stats  # noqa: E402
 from jepa_ecg.data.sources import MIXTURES, Source  # noqa: E402
 from jepa_ecg.models.config import model_config, model_config_from  # noqa: E402
 from jepa_ecg.training import flops, optim  # noqa: E402

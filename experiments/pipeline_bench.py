@@ -21,7 +21,7 @@ import psutil
 
 from jepa_ecg.data import pretrain
 from jepa_ecg.data import sources as sources_lib
-from jepa_ecg.data import stats
+from jepa_ecg.data import source_stats as stats
 from tfds_builders import build
 
 Source = sources_lib.Source

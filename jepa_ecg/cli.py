@@ -97,8 +97,8 @@ def _check_out(path: str) -> None:
 
 
 def _stats_override(args: argparse.Namespace):
-    from jepa_ecg.inference import runs  # pylint: disable=g-import-not-at-top
-    return runs.read_lead_stats_file(args.stats, args.stats_source) if args.stats else None
+    from jepa_ecg.data import stats as stats_lib  # pylint: disable=g-import-not-at-top
+    return stats_lib.read_lead_stats_file(args.stats, args.stats_source) if args.stats else None
 
 
 # ------------------------------------------------------------ streaming
@@ -326,7 +326,7 @@ def _add_input_flags(p: argparse.ArgumentParser,
 def _add_stats_flags(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument('--stats', default=None, metavar='JSON',
                    help=f'{what}: {{"mean": [12], "std": [12]}} (canonical lead order, or '
-                        f'with a "leads" list), or a lead_stats.json of jepa_ecg.data.stats')
+                        f'with a "leads" list), or a lead_stats.json of jepa_ecg.data.source_stats')
     p.add_argument('--stats-source', default=None,
                    help='which source of a multi-source lead_stats.json')
 

@@ -10,6 +10,7 @@ import pytest
 import jepa_ecg
 from jepa_ecg import cli
 from jepa_ecg.inference import encoder as encoder_lib
+from jepa_ecg.data.stats import mix_lead_stats
 from jepa_ecg.inference import runs
 from jepa_ecg.training import jepa_step as jepa
 from jepa_ecg.ecg.leads import LEADS
@@ -77,8 +78,8 @@ def test_export_finds_source_statistics_or_says_what_to_do(pretrain_workdir, tmp
     assert enc.lead_stats is None
     x = np.random.default_rng(0).normal(size=(1000, 12)).astype(np.float32)
     assert enc.embed(x, 100, list(LEADS), normalize='record').mean.shape == (1, 32)
-    # Statistics stored where jepa_ecg.data.stats writes them are picked up.
-    from jepa_ecg.data import stats as stats_lib
+    # Statistics stored where jepa_ecg.data.source_stats writes them are picked up.
+    from jepa_ecg.data import source_stats as stats_lib
     data_dir = str(tmp_path / 'tfds')
     stats_lib.stats_path('synthetic', data_dir).parent.mkdir(parents=True)  # as if built
     stats_lib.save_lead_stats({**STATS, 'count': 1}, 'synthetic', data_dir)
@@ -92,7 +93,7 @@ def test_export_finds_source_statistics_or_says_what_to_do(pretrain_workdir, tmp
 def test_mixture_statistics_pool_the_sources():
     a = {'mean': [0.0] * 12, 'std': [1.0] * 12}
     b = {'mean': [2.0] * 12, 'std': [1.0] * 12}
-    mixed = runs.mix_lead_stats({'a': a, 'b': b}, {'a': 0.5, 'b': 0.5})
+    mixed = mix_lead_stats({'a': a, 'b': b}, {'a': 0.5, 'b': 0.5})
     np.testing.assert_allclose(mixed.mean, 1.0)
     np.testing.assert_allclose(mixed.std, np.sqrt(2.0))  # within 1 + between 1
 

@@ -14,7 +14,7 @@ from jepa_ecg.data import lead_subsets, preprocess
 from jepa_ecg.data import ptbxl as data
 from jepa_ecg.data import pretrain as pipeline
 from jepa_ecg.data import sources as sources_lib
-from jepa_ecg.data import stats as stats_lib
+from jepa_ecg.data import source_stats as stats_lib
 from jepa_ecg.ecg.leads import LEADS
 from jepa_ecg.evaluation import lead_subsets as subset_eval
 from jepa_ecg.evaluation.evaluator import Evaluator

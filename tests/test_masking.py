@@ -1,6 +1,5 @@
 """Statistics of the 1D multi-block masks."""
 
-import math
 
 import numpy as np
 import pytest

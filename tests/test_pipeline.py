@@ -12,7 +12,7 @@ from jepa_ecg.data import datasets
 from jepa_ecg.data import preprocess
 from jepa_ecg.data import pretrain as pipeline
 from jepa_ecg.data import sources as sources_lib
-from jepa_ecg.data import stats
+from jepa_ecg.data import source_stats as stats
 from jepa_ecg.ecg import transforms
 from jepa_ecg.ecg.leads import LEADS
 from tfds_builders import build
@@ -230,7 +230,7 @@ def test_reader_decodes_bytes_encoding(tmp_path):
 
 def test_missing_stats_and_wrong_format(data_dir, tmp_path):
     no_stats = Source('pipe_no_stats', 'synthetic_ecg/tiny', 500.0)
-    with pytest.raises(stats.MissingLeadStatsError, match='jepa_ecg.data.stats'):
+    with pytest.raises(stats.MissingLeadStatsError, match='jepa_ecg.data.source_stats'):
         pipeline.make_pretrain_iterator({'pipe_no_stats': 1.0}, data_dir=data_dir, seed=0,
                                         global_batch_size=8, **{**COMMON, 'sources': {
                                             'pipe_no_stats': no_stats}})

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import jepa_ecg
-from jepa_ecg.data import datasets, preprocess, pretrain, ptbxl, sources, stats
+from jepa_ecg.data import datasets, preprocess, pretrain, ptbxl, sources
+from jepa_ecg.data import source_stats as stats
 from jepa_ecg.ecg import files
 from jepa_ecg.ecg.leads import LEADS
 from jepa_ecg.inference.encoder import save_encoder

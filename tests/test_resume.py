@@ -23,8 +23,7 @@ ABSL_INFO = re.compile(r'^I\d{4} \d\d:\d\d:\d\d\.\d{6}\s+\d+ ([\w.]+):\d+\]', re
 
 @pytest.fixture(scope='module')
 def synthetic_data_dir(tmp_path_factory):
-    from jepa_ecg.data import stats
-    from jepa_ecg.data import pretrain as pipeline
+    from jepa_ecg.data import source_stats as stats
     data_dir = str(tmp_path_factory.mktemp('tfds'))
     build.build_dataset('synthetic_ecg', data_dir)
     stats.save_lead_stats(stats.compute_lead_stats('synthetic', data_dir, max_records=64),

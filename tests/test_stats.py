@@ -7,7 +7,7 @@ import pytest
 
 from jepa_ecg.data import datasets
 from jepa_ecg.data import sources as sources_lib
-from jepa_ecg.data import stats
+from jepa_ecg.data import source_stats as stats
 from jepa_ecg.ecg import transforms
 from tfds_builders import build
 
@@ -76,7 +76,7 @@ def test_missing_stats_error_names_the_command(data_dir):
     with pytest.raises(stats.MissingLeadStatsError) as err:
         stats.load_lead_stats(missing, data_dir)
     message = str(err.value)
-    assert 'python -m jepa_ecg.data.stats --source=never_computed' in message
+    assert 'python -m jepa_ecg.data.source_stats --source=never_computed' in message
     assert f'--data_dir={data_dir}' in message
 
 

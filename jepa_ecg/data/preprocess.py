@@ -24,14 +24,14 @@ import fractions
 import functools
 import math
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from jepa_ecg.data.stats import CLIP, LeadStats
 from jepa_ecg.ecg import transforms
 from jepa_ecg.ecg.leads import LEADS, canonical_lead_name, lead_permutation, missing_leads
 
-CLIP = 5.0
 # Extra signal kept on each side of a window that is filtered or resampled:
 # the 0.5 Hz high-pass's transients need ~5 s to fall below 1% of the
 # signal's std, FFT resampling's ringing ~2 s.
@@ -56,77 +56,6 @@ class MissingLeadsError(ValueError):
 
 class RecordTooShortError(ValueError):
     """The record is shorter than the window asked for."""
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class LeadStats:
-    """Per-lead mean and standard deviation in the model's lead order.
-
-    Attributes:
-      mean: (L,) float32.
-      std: (L,) float32, every value > 0.
-      source: where they come from (for the record), or ''.
-    """
-    mean: np.ndarray
-    std: np.ndarray
-    source: str = ''
-
-    def __post_init__(self):
-        mean = np.asarray(self.mean, np.float32).reshape(-1)
-        std = np.asarray(self.std, np.float32).reshape(-1)
-        if mean.shape != std.shape:
-            raise ValueError(f'lead statistics: mean {mean.shape} and std {std.shape} differ')
-        if not np.all(np.isfinite(mean)) or not np.all(std > 0):
-            raise ValueError(f'lead statistics{" of " + self.source if self.source else ""}: '
-                             f'means must be finite and stds positive, got std {std.tolist()}')
-        object.__setattr__(self, 'mean', mean)
-        object.__setattr__(self, 'std', std)
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> 'LeadStats':
-        """From a {'mean': [...], 'std': [...], 'source'?: ...} mapping."""
-        return cls(doc['mean'], doc['std'], str(doc.get('source', '') or ''))
-
-    def to_json(self) -> dict:
-        return {'mean': self.mean.tolist(), 'std': self.std.tolist(), 'source': self.source}
-
-    def select(self, idx: Sequence[int]) -> 'LeadStats':
-        """The statistics of the leads at `idx`."""
-        idx = list(idx)
-        return LeadStats(self.mean[idx], self.std[idx], self.source)
-
-    def tiled(self, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, 1/std) tiled to (num_samples, L): same-shape ufuncs are much
-        faster than ones broadcasting an L-vector along every row."""
-        return _tiled(self, int(num_samples))
-
-    def standardize(self, signal: np.ndarray, clip: float = CLIP,
-                    out: np.ndarray | None = None) -> np.ndarray:
-        """`clip((signal - mean) / std)` as float32.
-
-        Args:
-          signal: (T, L) array in this object's lead order.
-          clip: bound of the result's absolute value.
-          out: (T, L) float32 array to write into (default: a new one).
-
-        Returns:
-          (T, L) float32: `out` when given.
-        """
-        mean, inv_std = self.tiled(signal.shape[0])
-        out = np.subtract(signal, mean, out=out, dtype=np.float32)
-        np.multiply(out, inv_std, out=out)
-        np.clip(out, -clip, clip, out=out)
-        return out
-
-
-@functools.lru_cache(maxsize=64)
-def _tiled(stats: LeadStats, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
-    inv_std = (1.0 / stats.std.astype(np.float64)).astype(np.float32)
-    mean = np.tile(stats.mean, (num_samples, 1))
-    inv = np.tile(inv_std, (num_samples, 1))
-    mean.flags.writeable = False
-    inv.flags.writeable = False
-    return mean, inv
 
 
 @dataclasses.dataclass(frozen=True)

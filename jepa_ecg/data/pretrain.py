@@ -45,7 +45,7 @@ from jepa_ecg.data import datasets
 from jepa_ecg.data import masking
 from jepa_ecg.data import preprocess as preprocess_lib
 from jepa_ecg.data import sources as sources_lib
-from jepa_ecg.data import stats as stats_lib
+from jepa_ecg.data import source_stats
 from jepa_ecg.data.lead_subsets import LeadDropout
 from jepa_ecg.ecg import transforms
 from jepa_ecg.ecg.leads import LEADS
@@ -196,7 +196,7 @@ class PretrainPipeline:
           mixture: source name -> sampling weight (normalised here), e.g.
             `sources.MIXTURES['all']`.
           data_dir: TFDS data directory with every source built and its lead
-            statistics computed (`python -m jepa_ecg.data.stats`).
+            statistics computed (`python -m jepa_ecg.data.source_stats`).
           global_batch_size: batch size over all processes.
           fs: sampling rate the model sees (Hz).
           window_seconds: window length (s).
@@ -258,7 +258,7 @@ class PretrainPipeline:
         if len(reader) == 0:
             raise ValueError(f'source {src.name!r} split {reader.split!r} is empty')
         lead_stats = preprocess_lib.LeadStats.from_json(
-            {**stats_lib.load_lead_stats(src, data_dir), 'source': src.name})
+            {**source_stats.load_lead_stats(src, data_dir), 'source': src.name})
         return _OpenSource(src, reader, lead_stats)
 
     @property
@@ -345,7 +345,7 @@ def prepare_sources(mixture: Mapping[str, float], data_dir: str | None, *,
         src = registry[name]
         manual_dir = (manual_dirs or {}).get(name)
         build.ensure_built(src.tfds_name, data_dir, manual_dir=manual_dir)
-        stats_lib.ensure_lead_stats(src, data_dir)
+        source_stats.ensure_lead_stats(src, data_dir)
 
 
 class PretrainIterator:

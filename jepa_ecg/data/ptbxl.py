@@ -29,8 +29,8 @@ from absl import logging
 
 from jepa_ecg.data import datasets
 from jepa_ecg.data import preprocess as preprocess_lib
-from jepa_ecg.data import stats as stats_lib
 from jepa_ecg.data.lead_subsets import LeadDropout
+from jepa_ecg.data.stats import CLIP, LeadStats, RunningLeadStats
 from jepa_ecg.ecg import transforms
 from jepa_ecg.ecg.leads import LEADS
 from tfds_builders import build
@@ -136,7 +136,7 @@ class _Preprocess:
     """A record of the source -> model input (whole, or a random crop)."""
 
     def __init__(self, records: Any, fs: float, num_samples: int,
-                 stats: preprocess_lib.LeadStats, clip: float):
+                 stats: LeadStats, clip: float):
         self.records, self.fs, self.num_samples = records, fs, num_samples
         self.stats, self.clip = stats, clip
 
@@ -204,9 +204,9 @@ class PtbxlTask:
     """
 
     def __init__(self, records: Any, splits: Mapping[str, Split], *, task: str,
-                 classes: Sequence[str], fs: float, stats: preprocess_lib.LeadStats,
+                 classes: Sequence[str], fs: float, stats: LeadStats,
                  folds: Mapping[str, list[int]], dropped_classes: Sequence[str],
-                 source: str, num_samples: int, clip: float = preprocess_lib.CLIP):
+                 source: str, num_samples: int, clip: float = CLIP):
         self.raw_records, self.splits = records, dict(splits)
         self.task, self.classes, self.fs = task, list(classes), float(fs)
         self.stats, self.folds = stats, dict(folds)
@@ -292,7 +292,7 @@ def _seed(seed: int) -> int:
 
 def make_task(records: Any, labels: np.ndarray, folds: np.ndarray, ecg_ids: np.ndarray, *,
               task: str, classes: Sequence[str], fs: float, num_samples: int,
-              clip: float = preprocess_lib.CLIP, source: str = '') -> PtbxlTask:
+              clip: float = CLIP, source: str = '') -> PtbxlTask:
     """Selects the task's records, splits them by fold, computes train statistics.
 
     Args:
@@ -336,14 +336,14 @@ def make_task(records: Any, labels: np.ndarray, folds: np.ndarray, ecg_ids: np.n
 
 
 def train_stats(records: Any, rows: Sequence[int], *, fs: float,
-                num_samples: int) -> preprocess_lib.LeadStats:
+                num_samples: int) -> LeadStats:
     """Per-lead mean/std over every sample of the train records at `fs`."""
-    running = stats_lib.RunningLeadStats()
+    running = RunningLeadStats()
     for row in rows:
         ex = records[int(row)]
         running.update(transforms.resample(ex['signal'], float(ex['fs']), fs)[:num_samples])
     std = running.std
-    return preprocess_lib.LeadStats(running.mean, np.where(std > 0, std, 1.0),
+    return LeadStats(running.mean, np.where(std > 0, std, 1.0),
                                     'ptb_xl train folds')
 
 
@@ -373,7 +373,7 @@ def choose_builder(fs: float, data_dir: str | None, manual_dir: str | None = Non
 def load_task(task: str, *, fs: float, data_dir: str | None = None,
               builder_name: str | None = None, window_seconds: float = 10.0,
               max_records_per_fold: int | None = None,
-              clip: float = preprocess_lib.CLIP, manual_dir: str | None = None) -> PtbxlTask:
+              clip: float = CLIP, manual_dir: str | None = None) -> PtbxlTask:
     """A task of the built `ptb_xl` TFDS dataset (labels read now, signals streamed).
 
     Args:

@@ -1,58 +1,97 @@
-"""Per-lead normalisation statistics, computed from and stored with each source.
+"""Per-lead normalisation statistics: the one type, its file format and mixing.
 
-    python -m jepa_ecg.data.stats --source=ptb_xl --data_dir=~/tensorflow_datasets
-
-streams the source's train split (after its high-pass, at native rate),
-computes every lead's mean and standard deviation over all samples of all
-records, and writes them as JSON into the built dataset's versioned folder
-(`<data_dir>/<builder>/<config>/<version>/lead_stats.json`, keyed by source
-name, since several sources may share one dataset). The pre-training
-pipeline reads them with `load_lead_stats`; nothing is hard-coded.
+`LeadStats` is what `preprocess` standardises with; it is read from and
+written to JSON ({"mean": [...], "std": [...], "source"?, "leads"?}), and
+the statistics of a mixture of sources are mixed from theirs. Computing and
+storing a source's statistics beside its built dataset is
+`data/source_stats.py`.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
+import dataclasses
+import functools
 import json
-import logging
 import os
-import pathlib
-import sys
-import time
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-import tensorflow_datasets as tfds
 
-from jepa_ecg.data import datasets
-from jepa_ecg.data import sources as sources_lib
-from jepa_ecg.ecg import transforms
-from jepa_ecg.ecg.leads import LEADS
+from jepa_ecg.ecg.leads import LEADS, lead_permutation
 
-log = logging.getLogger(__name__)
+CLIP = 5.0
 
-STATS_FILENAME = 'lead_stats.json'
 
-class MissingLeadStatsError(FileNotFoundError):
-    """The lead statistics of a source have not been computed yet."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class LeadStats:
+    """Per-lead mean and standard deviation in the model's lead order.
 
-def _as_source(source: str | sources_lib.Source) -> sources_lib.Source:
-    return source if isinstance(source, sources_lib.Source) else sources_lib.get_source(source)
-
-def stats_path(source: str | sources_lib.Source, data_dir: str) -> pathlib.Path:
-    """Where the statistics of `source` live: its built dataset's folder.
-
-    Args:
-      source: source name or `Source`.
-      data_dir: TFDS data directory.
-
-    Returns:
-      path of the JSON file (which may not exist yet).
+    Attributes:
+      mean: (L,) float32.
+      std: (L,) float32, every value > 0.
+      source: where they come from (for the record), or ''.
     """
-    src = _as_source(source)
-    builder = tfds.builder(src.tfds_name, data_dir=data_dir)
-    return pathlib.Path(os.fspath(builder.data_dir)) / STATS_FILENAME
+    mean: np.ndarray
+    std: np.ndarray
+    source: str = ''
+
+    def __post_init__(self):
+        mean = np.asarray(self.mean, np.float32).reshape(-1)
+        std = np.asarray(self.std, np.float32).reshape(-1)
+        if mean.shape != std.shape:
+            raise ValueError(f'lead statistics: mean {mean.shape} and std {std.shape} differ')
+        if not np.all(np.isfinite(mean)) or not np.all(std > 0):
+            raise ValueError(f'lead statistics{" of " + self.source if self.source else ""}: '
+                             f'means must be finite and stds positive, got std {std.tolist()}')
+        object.__setattr__(self, 'mean', mean)
+        object.__setattr__(self, 'std', std)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> 'LeadStats':
+        """From a {'mean': [...], 'std': [...], 'source'?: ...} mapping."""
+        return cls(doc['mean'], doc['std'], str(doc.get('source', '') or ''))
+
+    def to_json(self) -> dict:
+        return {'mean': self.mean.tolist(), 'std': self.std.tolist(), 'source': self.source}
+
+    def select(self, idx: Sequence[int]) -> 'LeadStats':
+        """The statistics of the leads at `idx`."""
+        idx = list(idx)
+        return LeadStats(self.mean[idx], self.std[idx], self.source)
+
+    def tiled(self, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, 1/std) tiled to (num_samples, L): same-shape ufuncs are much
+        faster than ones broadcasting an L-vector along every row."""
+        return _tiled(self, int(num_samples))
+
+    def standardize(self, signal: np.ndarray, clip: float = CLIP,
+                    out: np.ndarray | None = None) -> np.ndarray:
+        """`clip((signal - mean) / std)` as float32.
+
+        Args:
+          signal: (T, L) array in this object's lead order.
+          clip: bound of the result's absolute value.
+          out: (T, L) float32 array to write into (default: a new one).
+
+        Returns:
+          (T, L) float32: `out` when given.
+        """
+        mean, inv_std = self.tiled(signal.shape[0])
+        out = np.subtract(signal, mean, out=out, dtype=np.float32)
+        np.multiply(out, inv_std, out=out)
+        np.clip(out, -clip, clip, out=out)
+        return out
+
+
+@functools.lru_cache(maxsize=64)
+def _tiled(stats: LeadStats, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    inv_std = (1.0 / stats.std.astype(np.float64)).astype(np.float32)
+    mean = np.tile(stats.mean, (num_samples, 1))
+    inv = np.tile(inv_std, (num_samples, 1))
+    mean.flags.writeable = False
+    inv.flags.writeable = False
+    return mean, inv
+
 
 class RunningLeadStats:
     """Exact streaming mean/variance per lead (Chan et al.'s pairwise merge).
@@ -84,140 +123,73 @@ class RunningLeadStats:
     def std(self) -> np.ndarray:
         return np.sqrt(self.m2 / max(self.count, 1))
 
-def compute_lead_stats(source: str | sources_lib.Source, data_dir: str, *,
-                       max_records: int | None = None, log_every: int = 1000) -> dict:
-    """Per-lead mean/std of a source's train split, after its high-pass.
+
+def as_lead_stats(stats: LeadStats | Mapping[str, Any] | None) -> LeadStats | None:
+    """`LeadStats` from itself, a {'mean', 'std', 'source'?} mapping, or None."""
+    if stats is None or isinstance(stats, LeadStats):
+        return stats
+    return LeadStats.from_json(stats)
+
+
+def mix_lead_stats(stats: Mapping[str, Any], weights: Mapping[str, float], *,
+                   source: str = '') -> LeadStats:
+    """Per-lead mean/std of a weighted mixture of sources.
+
+    mean = weighted mean of the means; variance = weighted second moment
+    minus the mean squared (within-source plus between-source spread).
 
     Args:
-      source: source name or `Source`.
-      data_dir: TFDS data directory with the built dataset (ArrayRecord).
-      max_records: use only the first N records (quick estimates, tests).
-      log_every: progress line every this many records.
+      stats: source -> `LeadStats` or {'mean', 'std'} (12 floats each).
+      weights: source -> sampling weight.
+      source: description stored with the result.
 
     Returns:
-      dict with `mean` and `std` (lists of 12 floats, canonical lead order)
-      and how they were computed.
+      the mixture's `LeadStats`.
     """
-    src = _as_source(source)
-    reader = datasets.open_source(src, data_dir)
-    total = len(reader) if max_records is None else min(len(reader), int(max_records))
-    running = RunningLeadStats()
-    rates = set()
-    start = time.time()
-    for i in range(total):
-        signal, fs = reader.read(i)
-        rates.add(fs)
-        if src.highpass_hz is not None:
-            signal = transforms.highpass(signal, fs, src.highpass_hz)
-        running.update(signal)
-        if log_every and ((i + 1) % log_every == 0 or i + 1 == total):
-            elapsed = time.time() - start
-            log.info('%s: %d/%d records (%.0f records/s)', src.name, i + 1, total,
-                     (i + 1) / max(elapsed, 1e-9))
-    std = running.std
-    if running.count == 0:
-        raise ValueError(f'source {src.name!r}: no samples in split {reader.split!r}')
-    if (std <= 0).any():
-        raise ValueError(f'source {src.name!r}: leads '
-                         f'{[LEADS[i] for i in np.flatnonzero(std <= 0)]} are constant')
-    return {
-        'source': src.name,
-        'tfds_name': src.tfds_name,
-        'split': reader.split,
-        'highpass_hz': src.highpass_hz,
-        'fs': sorted(rates),
-        'num_records': total,
-        'num_samples': int(running.count),
-        'leads': list(LEADS),
-        'mean': running.mean.tolist(),
-        'std': std.tolist(),
-        'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
-    }
+    total = sum(float(weights[s]) for s in stats)
+    means = {s: np.asarray(_field(v, 'mean'), np.float64) for s, v in stats.items()}
+    stds = {s: np.asarray(_field(v, 'std'), np.float64) for s, v in stats.items()}
+    mean = sum(float(weights[s]) / total * means[s] for s in stats)
+    second = sum(float(weights[s]) / total * (stds[s] ** 2 + means[s] ** 2) for s in stats)
+    std = np.sqrt(np.maximum(second - mean ** 2, 1e-12))
+    return LeadStats(mean, std, source)
 
-def save_lead_stats(stats: Mapping, source: str | sources_lib.Source, data_dir: str) -> pathlib.Path:
-    """Stores `stats` for `source` next to its dataset (merging other sources').
+
+def _field(stats: Any, name: str) -> Any:
+    return getattr(stats, name) if isinstance(stats, LeadStats) else stats[name]
+
+
+def read_lead_stats_file(path: str, source: str | None = None) -> LeadStats:
+    """Lead statistics from a JSON file, in the canonical lead order.
 
     Args:
-      stats: as returned by `compute_lead_stats`.
-      source: source name or `Source`.
-      data_dir: TFDS data directory.
+      path: {"mean": [12], "std": [12], "source"?, "leads"?} (a "leads" list
+        gives the order of the values), or a `jepa_ecg.data.source_stats`
+        lead_stats.json keyed by source.
+      source: which source of a file keyed by source (needed when it holds
+        several).
 
     Returns:
-      the JSON file written.
-    """
-    src = _as_source(source)
-    path = stats_path(src, data_dir)
-    existing = json.loads(path.read_text()) if path.exists() else {}
-    existing[src.name] = dict(stats)
-    tmp = path.with_suffix('.json.tmp')
-    tmp.write_text(json.dumps(existing, indent=2))
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
-    return path
-
-def load_lead_stats(source: str | sources_lib.Source, data_dir: str) -> dict:
-    """The stored per-lead statistics of `source`.
-
-    Args:
-      source: source name or `Source`.
-      data_dir: TFDS data directory.
-
-    Returns:
-      dict with at least `mean` and `std` (12 floats each, canonical order).
+      `LeadStats` in `LEADS` order.
 
     Raises:
-      MissingLeadStatsError: when they were not computed; the message gives
-        the command that computes them.
+      ValueError: an ambiguous or malformed file.
     """
-    src = _as_source(source)
-    path = stats_path(src, data_dir)
-    stats = json.loads(path.read_text()).get(src.name) if path.exists() else None
-    if stats is None:
-        raise MissingLeadStatsError(
-            f'no lead statistics for source {src.name!r} in {path}. Compute them '
-            f'with:\n  python -m jepa_ecg.data.stats --source={src.name} '
-            f'--data_dir={data_dir}')
-    return stats
-
-def ensure_lead_stats(source: str | sources_lib.Source, data_dir: str, *,
-                      max_records: int | None = None) -> dict:
-    """The stored statistics of `source`, computing and storing them if missing.
-
-    Used where a source is built on first use (the offline synthetic source,
-    or a real one whose raw folder was given); the statistics CLI computes
-    them explicitly after a build.
-
-    Args:
-      source: source name or `Source`.
-      data_dir: TFDS data directory with the built dataset.
-      max_records: when computing, use only the first N records.
-
-    Returns:
-      as `load_lead_stats`.
-    """
-    try:
-        return load_lead_stats(source, data_dir)
-    except MissingLeadStatsError:
-        computed = compute_lead_stats(source, data_dir, max_records=max_records)
-        save_lead_stats(computed, source, data_dir)
-        return load_lead_stats(source, data_dir)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--source', required=True,
-                        help=f'source name, one of {sorted(sources_lib.SOURCES)}')
-    parser.add_argument('--data_dir', required=True, help='TFDS data directory')
-    parser.add_argument('--max_records', type=int, default=None,
-                        help='use only the first N records')
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
-    data_dir = os.path.expanduser(args.data_dir)
-    stats = compute_lead_stats(args.source, data_dir, max_records=args.max_records)
-    path = save_lead_stats(stats, args.source, data_dir)
-    print(f'wrote {path}')
-    for lead, m, s in zip(LEADS, stats['mean'], stats['std']):
-        print(f'{lead:>4}: mean {m:+.4f} std {s:.4f}')
-    return 0
-
-if __name__ == '__main__':
-    sys.exit(main())
+    with open(path, encoding='utf-8') as f:
+        doc = json.load(f)
+    if 'mean' not in doc:
+        keys = [k for k, v in doc.items() if isinstance(v, dict) and 'mean' in v]
+        if source is None and len(keys) == 1:
+            source = keys[0]
+        if source not in keys:
+            raise ValueError(f'{path}: pick the statistics of one source with --stats-source '
+                             f'(has {keys})')
+        doc = {**doc[source], 'source': doc[source].get('source', source)}
+    mean = [float(v) for v in doc['mean']]
+    std = [float(v) for v in doc['std']]
+    if 'leads' in doc:
+        perm = lead_permutation(doc['leads'], LEADS)
+        mean, std = [mean[i] for i in perm], [std[i] for i in perm]
+    if len(mean) != len(LEADS) or len(std) != len(LEADS):
+        raise ValueError(f'{path}: want {len(LEADS)} means and {len(LEADS)} stds')
+    return LeadStats(mean, std, str(doc.get('source') or os.path.abspath(path)))

@@ -26,7 +26,8 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
-from jepa_ecg.data.preprocess import LeadStats, canonical_leads
+from jepa_ecg.data.preprocess import canonical_leads
+from jepa_ecg.data.stats import LeadStats
 from jepa_ecg.ecg.leads import LEADS
 from jepa_ecg.inference import explain as explain_lib
 from jepa_ecg.inference import stream

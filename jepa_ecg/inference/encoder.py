@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import unfreeze
 
-from jepa_ecg.data.preprocess import LeadStats, canonical_leads, preprocess
+from jepa_ecg.data.preprocess import canonical_leads, preprocess
+from jepa_ecg.data.stats import LeadStats, as_lead_stats
 # What `Encoder.preprocess` and `Encoder.windows` raise or warn, importable from here too.
 from jepa_ecg.data.preprocess import (MissingLeadsError, MissingLeadsWarning,  # noqa: F401
                                       RecordTooShortError)
@@ -62,13 +63,6 @@ def normalize_mode(normalize: str) -> str:
     if normalize not in NORMALIZE_MODES:
         raise ValueError(f'normalize must be one of {NORMALIZE_MODES}, got {normalize!r}')
     return 'given' if normalize == 'stored' else normalize
-
-
-def as_lead_stats(stats: LeadStats | Mapping[str, Any] | None) -> LeadStats | None:
-    """`LeadStats` from itself, a {'mean', 'std', 'source'?} mapping, or None."""
-    if stats is None or isinstance(stats, LeadStats):
-        return stats
-    return LeadStats.from_json(stats)
 
 
 @dataclasses.dataclass

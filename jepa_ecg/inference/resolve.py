@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import ml_collections
 from absl import logging
 
-from jepa_ecg.data.preprocess import LeadStats
-from jepa_ecg.inference.runs import load_encoder
+from jepa_ecg.data.stats import as_lead_stats
+from jepa_ecg.inference.runs import find_finetune_run, is_finetune_output, load_encoder
 from jepa_ecg.models.config import VARIANTS, ModelConfig, model_config_from
 from jepa_ecg.training.checkpoint import BEST_DIR, RESULTS_FILE, restore_best
 from jepa_ecg.training.finetune_loop import EncoderSource, Resolver
@@ -32,50 +31,11 @@ from jepa_ecg.training.finetune_loop import EncoderSource, Resolver
 RANDOM_PREFIX = 'random:'
 
 
-def find_run_dir(path: str, task: str, seed_index: int) -> str | None:
-    """The run folder of a previous fine-tuning output for (task, seed), if `path` is one.
-
-    Args:
-      path: a run folder itself (holding `best/`) or a fine-tuning workdir
-        (`<workdir>/<task>/seed<k>/`).
-      task: the task whose run to find.
-      seed_index: which seed; falls back to seed 0 of the task.
-
-    Returns:
-      The run folder, or None.
-    """
-    if os.path.isdir(os.path.join(path, BEST_DIR)):
-        return path
-    for k in (seed_index, 0):
-        run = os.path.join(path, task, f'seed{k}')
-        if os.path.isdir(os.path.join(run, BEST_DIR)):
-            return run
-    return None
-
-
-def _is_finetune_output(path: str) -> bool:
-    """A run folder, or a workdir holding `<task>/seed<k>/best` for some task."""
-    if os.path.isdir(os.path.join(path, BEST_DIR)):
-        return True
-    if not os.path.isdir(path):
-        return False
-    return any(os.path.isdir(os.path.join(path, t, s, BEST_DIR))
-               for t in os.listdir(path) if os.path.isdir(os.path.join(path, t))
-               for s in os.listdir(os.path.join(path, t))
-               if os.path.isdir(os.path.join(path, t, s)))
-
-
 def _check_exists(spec: str) -> None:
     if not os.path.exists(spec):
         raise ValueError(f'--encoder={spec}: no such file or directory; expected '
                          f'{RANDOM_PREFIX}<variant> (variants {sorted(VARIANTS)}), a '
                          f'pre-training workdir, an encoder directory or a fine-tuning output')
-
-
-def _lead_stats(stats: Any) -> LeadStats | None:
-    if stats is None or isinstance(stats, LeadStats):
-        return stats
-    return LeadStats.from_json(stats)
 
 
 def _random_source(spec: str, config: ml_collections.ConfigDict) -> EncoderSource:
@@ -96,7 +56,7 @@ def _run_source(spec: str, run: str, config: ml_collections.ConfigDict) -> Encod
         logging.warning('%s is a %s run, not a linear one', run, previous.get('protocol'))
     head = params['head'] if config.head == previous.get('head') else None
     return EncoderSource(ModelConfig.from_dict(previous['model']), params['encoder'], head,
-                         lead_stats=_lead_stats(previous.get('lead_stats')),
+                         lead_stats=as_lead_stats(previous.get('lead_stats')),
                          description=f'{previous.get("protocol")} run {os.path.abspath(run)}',
                          spec=spec)
 
@@ -120,7 +80,7 @@ def resolve_encoder(spec: str, config: ml_collections.ConfigDict, *, task: str,
     """
     if spec.startswith(RANDOM_PREFIX):
         return _random_source(spec, config)
-    run = find_run_dir(spec, task, seed_index)
+    run = find_finetune_run(spec, task or None, seed_index)
     if run is not None:
         return _run_source(spec, run, config)
     if config.protocol == 'finetune_after_linear':
@@ -128,7 +88,7 @@ def resolve_encoder(spec: str, config: ml_collections.ConfigDict, *, task: str,
                          f'a linear-run workdir with {task}/seed<k>/{BEST_DIR}, got {spec}')
     _check_exists(spec)
     enc = load_encoder(spec)
-    return EncoderSource(enc.config, enc.params, lead_stats=_lead_stats(enc.lead_stats),
+    return EncoderSource(enc.config, enc.params, lead_stats=as_lead_stats(enc.lead_stats),
                          description=f'encoder {os.path.abspath(spec)}', spec=spec)
 
 
@@ -153,7 +113,7 @@ def make_resolver(spec: str, config: ml_collections.ConfigDict) -> Resolver:
         source = _random_source(spec, config)
         return lambda task, seed_index: source
     _check_exists(spec)
-    if _is_finetune_output(spec):
+    if is_finetune_output(spec):
         return lambda task, seed_index: resolve_encoder(spec, config, task=task,
                                                         seed_index=seed_index)
     if config.protocol == 'finetune_after_linear':

@@ -19,10 +19,7 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
-from jepa_ecg.data.preprocess import LeadStats
-from jepa_ecg.ecg.leads import LEADS, lead_permutation
+from jepa_ecg.data.stats import LeadStats, mix_lead_stats
 from jepa_ecg.inference.classifier import (Classifier, is_classifier_dir,
                                            read_classifier)
 from jepa_ecg.inference.encoder import Encoder, is_encoder_dir, read_encoder
@@ -126,45 +123,17 @@ def workdir_lead_stats(workdir: str, *, data_dir: str | None = None) -> LeadStat
     # Lazy: the source registry imports every TFDS builder (TensorFlow
     # Datasets), which embed/predict never need.
     from jepa_ecg.data import sources as sources_lib  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.data import stats as stats_lib  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.data import source_stats  # pylint: disable=g-import-not-at-top
     if mixture_name not in sources_lib.MIXTURES:
         return None
     mixture = sources_lib.MIXTURES[mixture_name]
     data_dir = data_dir or data.get('data_dir') or os.path.expanduser('~/tensorflow_datasets')
     try:
-        stats = {name: stats_lib.load_lead_stats(name, data_dir) for name in mixture}
+        stats = {name: source_stats.load_lead_stats(name, data_dir) for name in mixture}
     except (OSError, ValueError, KeyError):
         # Not computed, or the data dir moved: the caller decides what to do.
         return None
     return mix_lead_stats(stats, mixture, source=f'pre-training mix {mixture_name!r}')
-
-
-def mix_lead_stats(stats: Mapping[str, Any], weights: Mapping[str, float], *,
-                   source: str = '') -> LeadStats:
-    """Per-lead mean/std of a weighted mixture of sources.
-
-    mean = weighted mean of the means; variance = weighted second moment
-    minus the mean squared (within-source plus between-source spread).
-
-    Args:
-      stats: source -> `LeadStats` or {'mean', 'std'} (12 floats each).
-      weights: source -> sampling weight.
-      source: description stored with the result.
-
-    Returns:
-      the mixture's `LeadStats`.
-    """
-    total = sum(float(weights[s]) for s in stats)
-    means = {s: np.asarray(_field(v, 'mean'), np.float64) for s, v in stats.items()}
-    stds = {s: np.asarray(_field(v, 'std'), np.float64) for s, v in stats.items()}
-    mean = sum(float(weights[s]) / total * means[s] for s in stats)
-    second = sum(float(weights[s]) / total * (stds[s] ** 2 + means[s] ** 2) for s in stats)
-    std = np.sqrt(np.maximum(second - mean ** 2, 1e-12))
-    return LeadStats(mean, std, source)
-
-
-def _field(stats: Any, name: str) -> Any:
-    return getattr(stats, name) if isinstance(stats, LeadStats) else stats[name]
 
 
 def encoder_from_workdir(workdir: str, *, step: int | None = None, lead_stats: Stats = None,
@@ -216,43 +185,6 @@ def export_encoder(workdir: str, out: str, *, step: int | None = None,
     return enc
 
 
-def read_lead_stats_file(path: str, source: str | None = None) -> LeadStats:
-    """Lead statistics from a JSON file, in the canonical lead order.
-
-    Args:
-      path: {"mean": [12], "std": [12], "source"?, "leads"?} (a "leads" list
-        gives the order of the values), or a `jepa_ecg.data.stats`
-        lead_stats.json keyed by source.
-      source: which source of a file keyed by source (needed when it holds
-        several).
-
-    Returns:
-      `LeadStats` in `LEADS` order.
-
-    Raises:
-      ValueError: an ambiguous or malformed file.
-    """
-    with open(path, encoding='utf-8') as f:
-        doc = json.load(f)
-    if 'mean' not in doc:
-        keys = [k for k, v in doc.items() if isinstance(v, dict) and 'mean' in v]
-        if source is None and len(keys) == 1:
-            source = keys[0]
-        if source not in keys:
-            raise ValueError(f'{path}: pick the statistics of one source with --stats-source '
-                             f'(has {keys})')
-        doc = {**doc[source], 'source': doc[source].get('source', source)}
-    mean = [float(v) for v in doc['mean']]
-    std = [float(v) for v in doc['std']]
-    if 'leads' in doc:
-        perm = lead_permutation(doc['leads'], LEADS)
-        mean, std = [mean[i] for i in perm], [std[i] for i in perm]
-    if len(mean) != len(LEADS) or len(std) != len(LEADS):
-        raise ValueError(f'{path}: want {len(LEADS)} means and {len(LEADS)} stds')
-    return LeadStats(mean, std, str(doc.get('source') or os.path.abspath(path)))
-
-
-# --------------------------------------------------------- fine-tuning runs
 def is_finetune_run(path: str) -> bool:
     """A fine-tuning run folder: results.json + best/."""
     return (os.path.isfile(os.path.join(path, checkpoint.RESULTS_FILE))
@@ -267,16 +199,20 @@ def _best_val_auc(run: str) -> float:
         return float('-inf')
 
 
-def find_finetune_run(path: str, task: str | None = None) -> str | None:
-    """The run folder to predict with inside a fine-tuning output.
+def find_finetune_run(path: str, task: str | None = None,
+                      seed_index: int | None = None) -> str | None:
+    """The run folder inside a fine-tuning output: the one reader of run folders.
 
     Args:
       path: a run folder (results.json + best/) or a fine-tuning workdir with
         `<task>/seed<k>/` runs.
       task: the task to pick in a workdir; needed when it holds several.
+      seed_index: the seed to pick (`seed<k>`, else seed 0, as a continued
+        protocol pairs its seeds with the earlier run's); default the seed
+        with the best validation AUC (what predicting uses).
 
     Returns:
-      the run folder (the seed with the best validation AUC), or None.
+      the run folder, or None when `path` is no fine-tuning output.
 
     Raises:
       ValueError: when the workdir holds several tasks and none was chosen,
@@ -298,7 +234,19 @@ def find_finetune_run(path: str, task: str | None = None) -> str | None:
         task = tasks[0]
     if task not in tasks:
         raise ValueError(f'{path} has no fine-tuning run of task {task!r} (has {tasks})')
+    if seed_index is not None:
+        for k in (seed_index, 0):
+            run = os.path.join(path, task, f'seed{k}')
+            if run in runs_by_task[task]:
+                return run
     return max(runs_by_task[task], key=_best_val_auc)
+
+
+def is_finetune_output(path: str) -> bool:
+    """A fine-tuning run folder, or a workdir holding `<task>/seed<k>/` runs."""
+    return is_finetune_run(path) or (os.path.isdir(path) and any(
+        _runs_of(os.path.join(path, t)) for t in os.listdir(path)
+        if os.path.isdir(os.path.join(path, t))))
 
 
 def _runs_of(task_dir: str) -> list[str]:
@@ -357,5 +305,6 @@ def _single_label(results: Mapping[str, Any]) -> bool:
 
 __all__: Sequence[str] = (
     'load_encoder', 'load_classifier', 'is_pretraining_workdir', 'workdir_lead_stats',
-    'mix_lead_stats', 'encoder_from_workdir', 'export_encoder', 'read_lead_stats_file',
-    'is_finetune_run', 'find_finetune_run', 'classifier_from_finetune_run')
+    'encoder_from_workdir', 'export_encoder',
+    'is_finetune_run', 'is_finetune_output', 'find_finetune_run',
+    'classifier_from_finetune_run')

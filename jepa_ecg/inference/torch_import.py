@@ -39,9 +39,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from jepa_ecg.data.preprocess import LeadStats
+from jepa_ecg.data.stats import LeadStats, as_lead_stats
 from jepa_ecg.ecg.leads import LEADS, canonical_lead_name, lead_permutation
-from jepa_ecg.inference.encoder import Encoder, as_lead_stats
+from jepa_ecg.inference.encoder import Encoder
 from jepa_ecg.models.config import VARIANTS, ModelConfig
 
 PREFIXES = ('target_encoder.', 'encoder.')
@@ -357,7 +357,7 @@ def import_torch_checkpoint(path: str, out: str, *, which: str = 'target_encoder
       out: output encoder directory.
       which: 'target_encoder' or 'encoder'.
       lead_stats: normalisation statistics to store, in the canonical lead
-        order (`LEADS`, as `runs.read_lead_stats_file` gives them): they are
+        order (`LEADS`, as `stats.read_lead_stats_file` gives them): they are
         reordered to the checkpoint's lead order. The official checkpoints
         carry none.
       checkpoint: the already loaded checkpoint dict (tests, or torch-free

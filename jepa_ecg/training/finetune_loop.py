@@ -42,7 +42,7 @@ from absl import logging
 from jepa_ecg import sharding
 from jepa_ecg.data import label_fraction
 from jepa_ecg.data import ptbxl as data_lib
-from jepa_ecg.data.preprocess import LeadStats
+from jepa_ecg.data.stats import LeadStats
 from jepa_ecg.ecg import transforms
 from jepa_ecg.evaluation import metrics
 from jepa_ecg.evaluation.evaluator import Evaluator, SplitScores
