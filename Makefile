@@ -22,12 +22,12 @@ venv: $(STAMP)
 
 # Fast tier: units and one tiny end-to-end run per main path (minutes).
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests tfds_builders
 
 # Full tier (what CI runs): adds real-data builds, subprocess runs, the
 # comparisons with the published code and multi-process runs.
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m 'slow or not slow' --durations=15 tests
+	$(PY) -m pytest -q -m 'slow or not slow' --durations=15 tests tfds_builders
 
 demo: $(STAMP)
 	$(PY) -m experiments.demo --workdir=$(DEMO_DIR)

@@ -1,10 +1,13 @@
 """The source registry: every builder registers its own sources."""
 
+import subprocess
+import sys
+
 import pytest
 import tensorflow_datasets as tfds
 
 from jepa_ecg.data import sources
-from tfds_builders import registry
+from tfds_builders import build, registry
 
 _TRAIN_FOLDS = 'fold1+fold2+fold3+fold4+fold5+fold6+fold7+fold8'
 
@@ -46,6 +49,8 @@ def test_data_sources_reexports_the_registry():
 
 
 def test_sources_name_registered_tfds_builders():
+    # The builder classes register with TFDS when `build` imports them.
+    assert build.OFFLINE_DATASETS
     for source in registry.SOURCES.values():
         name, _, config = source.tfds_name.partition('/')
         builder_cls = tfds.builder_cls(name)
@@ -69,3 +74,14 @@ def test_register_source_refuses_a_conflicting_entry(monkeypatch):
     new = registry.register_source(registry.Source('new_src', 'code15', 400.0))
     assert registry.get_source('new_src') is new
 
+
+
+def test_the_source_registry_imports_without_tensorflow():
+    # Configs, the CLI and the registry lookups must not pay TensorFlow's import.
+    code = ('import sys; from jepa_ecg.data import sources; '
+            'assert len(sources.SOURCES) >= 11, sources.SOURCES; '
+            'print(sorted(m for m in sys.modules if m.split(".")[0] in '
+            '("tensorflow", "tensorflow_datasets")))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == '[]'

@@ -44,10 +44,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help='reader processes (default: cores - 1)')
     parser.add_argument('--overwrite', action='store_true',
                         help='delete an existing build first')
-    parser.add_argument('--file_format', choices=('array_record', 'tfrecord'),
-                        default='array_record',
-                        help='array_record (default): what the pre-training '
-                        'pipeline reads by random access; tfrecord: for tf.data')
     return parser.parse_args(argv)
 
 
@@ -65,12 +61,8 @@ def _build(args: argparse.Namespace):
         builder.data_path.rmtree()
         builder = tfds.builder(args.dataset, data_dir=data_dir, **kwargs)
     manual_dir = os.path.expanduser(args.manual_dir) if args.manual_dir else None
-    if args.file_format == 'array_record':
-        return build.build_dataset(args.dataset, data_dir, manual_dir=manual_dir,
-                                   builder_kwargs=kwargs)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir))
-    return builder
+    return build.build_dataset(args.dataset, data_dir, manual_dir=manual_dir,
+                               builder_kwargs=kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,12 @@ import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 from tensorflow_datasets.core import file_adapters
 
-import tfds_builders  # noqa: F401  (registers every builder)
+# The builder classes (each registers itself with TFDS on import).
+from tfds_builders.cinc2021 import cinc2021_dataset_builder  # noqa: F401
+from tfds_builders.code15 import code15_dataset_builder  # noqa: F401
+from tfds_builders.mimic_iv_ecg import mimic_iv_ecg_dataset_builder  # noqa: F401
+from tfds_builders.ptb_xl import ptb_xl_dataset_builder  # noqa: F401
+from tfds_builders.synthetic_ecg import synthetic_ecg_dataset_builder  # noqa: F401
 
 # Sources that need no raw files: entry points build them on first use.
 OFFLINE_DATASETS = ('synthetic_ecg',)

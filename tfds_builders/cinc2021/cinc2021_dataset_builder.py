@@ -12,15 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import sys
 
 import tensorflow_datasets as tfds
 
-try:
-    from tfds_builders import base, errors, features, reading, registry, skips
-except ImportError:  # loaded by path (`tfds build tfds_builders/cinc2021`)
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from tfds_builders import base, errors, features, reading, registry, skips
+from tfds_builders import base, errors, features, reading, skips
 
 # Config name -> folder under training/ in the challenge data (v1.0.3).
 SOURCE_FOLDERS = {
@@ -172,14 +167,3 @@ class Builder(base.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
 
 # The sources the pre-training mixes read, at their native rates (the
 # `ptb_xl` config is not one: PTB-XL is registered by its own builder).
-registry.register_source(registry.Source('ptb', 'cinc2021/ptb', 1000.0))
-registry.register_source(registry.Source(
-    'cpsc2018', 'cinc2021/cpsc2018', 500.0))
-registry.register_source(registry.Source(
-    'cpsc2018_extra', 'cinc2021/cpsc2018_extra', 500.0))
-registry.register_source(registry.Source('georgia', 'cinc2021/georgia', 500.0))
-registry.register_source(registry.Source('ningbo', 'cinc2021/ningbo', 500.0))
-registry.register_source(registry.Source(
-    'chapman_shaoxing', 'cinc2021/chapman_shaoxing', 500.0))
-registry.register_source(registry.Source(
-    'st_petersburg', 'cinc2021/st_petersburg', 257.0, highpass_hz=0.5))

@@ -13,18 +13,13 @@ import dataclasses
 import os
 import pathlib
 import re
-import sys
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import tensorflow_datasets as tfds
 
-try:
-    from tfds_builders import base, features, registry, skips, tables
-except ImportError:  # loaded by path (`tfds build tfds_builders/code15`)
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from tfds_builders import base, features, registry, skips, tables
+from tfds_builders import base, features, skips, tables
 # The pool's worker lives in a module with one importable name: `tfds build`
 # loads this file under another name, which spawned workers cannot import.
 from tfds_builders.code15.reading import Hdf5Task, read_hdf5_task  # pylint: disable=g-multiple-import
@@ -196,8 +191,6 @@ class Builder(base.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
         skips.write_build_report(self, split, counter.log_summary())
 
 
-registry.register_source(registry.Source('code15', 'code15', 400.0,
-                                          highpass_hz=0.5))
 
 
 def _truthy(value: Any) -> bool:

@@ -11,17 +11,11 @@ MIMIC-IV tables), so both are stored as unknown (-1). Registers the source
 from __future__ import annotations
 
 import dataclasses
-import pathlib
-import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-try:
-    from tfds_builders import base, features, reading, registry, skips, tables
-except ImportError:  # loaded by path (`tfds build tfds_builders/mimic_iv_ecg`)
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from tfds_builders import base, features, reading, registry, skips, tables
+from tfds_builders import base, features, reading, skips, tables
 
 RECORD_LIST_CSV = 'record_list.csv'
 # Columns of record_list.csv the builder reads.
@@ -115,7 +109,6 @@ class Builder(base.SourceBuilderMixin, tfds.core.GeneratorBasedBuilder):
         skips.write_build_report(self, split, counter.log_summary())
 
 
-registry.register_source(registry.Source('mimic_iv_ecg', 'mimic_iv_ecg', 500.0))
 
 
 def _by_study(results, study):

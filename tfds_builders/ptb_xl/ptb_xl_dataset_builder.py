@@ -13,25 +13,17 @@ import ast
 import dataclasses
 import os
 import pathlib
-import sys
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 import tensorflow_datasets as tfds
 
-try:
-    from tfds_builders import base, features, reading, registry, skips, tables
-except ImportError:  # loaded by path (`tfds build tfds_builders/ptb_xl`)
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from tfds_builders import base, features, reading, registry, skips, tables
+from tfds_builders import base, features, reading, skips, tables
+from tfds_builders.ptb_xl import FOLD_SPLITS, NUM_FOLDS, TRAIN_SPLIT  # noqa: F401
 
 DATABASE_CSV = 'ptbxl_database.csv'
 STATEMENTS_CSV = 'scp_statements.csv'
-NUM_FOLDS = 10
-FOLD_SPLITS = tuple(f'fold{i}' for i in range(1, NUM_FOLDS + 1))
-# The benchmark's training folds (fold9 is validation, fold10 test).
-TRAIN_SPLIT = '+'.join(FOLD_SPLITS[:8])
 # Columns the builder reads; a table without one of them is refused.
 DATABASE_COLUMNS = ('ecg_id', 'patient_id', 'age', 'sex', 'scp_codes',
                     'strat_fold', 'filename_lr', 'filename_hr')
@@ -360,7 +352,3 @@ def _int_or(value: Any, default: int) -> int:
         return default
 
 
-registry.register_source(registry.Source(
-    'ptb_xl', 'ptb_xl/records500', 500.0, train_split=TRAIN_SPLIT))
-registry.register_source(registry.Source(
-    'ptb_xl_100hz', 'ptb_xl/records100', 100.0, train_split=TRAIN_SPLIT))

@@ -11,8 +11,6 @@ so the offline default exercises the real decoding path; they add multi-hot
 from __future__ import annotations
 
 import dataclasses
-import pathlib
-import sys
 from typing import Tuple
 
 import numpy as np
@@ -21,11 +19,7 @@ import tensorflow_datasets as tfds
 from jepa_ecg.ecg import synthetic
 from jepa_ecg.ecg.leads import LEADS
 
-try:
-    from tfds_builders import features, registry
-except ImportError:  # loaded by path (`tfds build tfds_builders/synthetic_ecg`)
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from tfds_builders import features, registry
+from tfds_builders import features
 
 
 @dataclasses.dataclass
@@ -125,4 +119,3 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             yield rec['record_id'], example
 
 
-registry.register_source(registry.Source('synthetic', 'synthetic_ecg', 500.0))
