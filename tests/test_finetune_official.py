@@ -351,3 +351,38 @@ def test_evaluation_probabilities_equal_the_published_ones(single_label):
                                rtol=1e-6)
     np.testing.assert_allclose(metrics.macro_roc_auc(targets, theirs), scores.macro_auc,
                                rtol=1e-6)
+
+
+def test_training_crops_are_the_published_random_crops():
+    """A training example is a crop-long slice of its preprocessed record whose
+    start is uniform on the integers 0..T-crop, as the published random_crop
+    (np.random.randint(T - crop + 1)): each of the T-crop+1 starts takes an
+    equal share of the pipeline's uniform position in [0, 1), and the
+    pipeline's crops are exact slices of the record."""
+    from jepa_ecg.data import preprocess as prep  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.ecg.leads import LEADS  # pylint: disable=g-import-not-at-top
+    ramp = np.repeat(np.linspace(-1, 1, RECORD, dtype=np.float32)[:, None], 12, axis=1)
+    stats = prep.LeadStats(np.zeros(12), np.ones(12))
+    starts = RECORD - CROP + 1
+    for s in range(starts):
+        for position in ((s + 0.001) / starts, (s + 0.999) / starts):
+            crop = prep.preprocess(ramp, FS, LEADS, target_fs=FS, stats=stats,
+                                   window=prep.Window(CROP, position))
+            np.testing.assert_array_equal(crop, ramp[s:s + CROP])
+
+    n = 8
+    task = ptbxl.make_task(ptbxl.ArrayRecords([ramp] * n, FS), np.ones((n, 1), bool),
+                           np.repeat([1, 2, 9, 10], n // 4), np.arange(n), task='all',
+                           classes=['x'], fs=FS, num_samples=RECORD)
+    record = next(task.records('train'))
+    data = task.train_dataset(batch_size=4, crop=CROP, seed=0)
+    seen = []
+    for step in range(50):
+        for crop in data[step]['signal']:
+            s = int(np.argmin(np.abs(record[:, 0] - crop[0, 0])))
+            np.testing.assert_array_equal(crop, record[s:s + CROP])
+            seen.append(s)
+    # 200 draws of a uniform start: mean (T - crop) / 2 within 4 standard errors.
+    sd = np.sqrt((starts ** 2 - 1) / 12)
+    assert abs(np.mean(seen) - (starts - 1) / 2) < 4 * sd / np.sqrt(len(seen))
+    assert len(set(seen)) > 150
