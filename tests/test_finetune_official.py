@@ -311,7 +311,8 @@ def test_reference_statement_equals_the_published_code(protocol, single_label):
 def test_evaluation_probabilities_equal_the_published_ones(single_label):
     """Our evaluator (windows, fixed-shape padded batches over 4 devices,
     logits averaged per record, sigmoid or softmax) gives the published
-    evaluation's probabilities on the same preprocessed records."""
+    evaluation's probabilities on the same records, normalised as
+    finetune.py does."""
     rng = np.random.default_rng(3)
     n = 40
     signals = rng.standard_normal((n, RECORD, 12)).astype(np.float32)
@@ -339,6 +340,14 @@ def test_evaluation_probabilities_equal_the_published_ones(single_label):
     scores = evaluator.evaluate(ref.to_ours(_state_arrays(model), cfg, c.head), 'test')
 
     records = np.stack(list(task.records('test')))
+    # finetune.py's normalisation: per-lead mean and std of the train folds, then clip at 5.
+    train = signals[task.splits['train'].rows]
+    mean = np.mean(train, axis=(0, 1), dtype=np.float32)
+    std = np.std(train, axis=(0, 1), dtype=np.float32)
+    np.testing.assert_allclose(task.stats.mean, mean, atol=1e-6)
+    np.testing.assert_allclose(task.stats.std, std, rtol=1e-5)
+    np.testing.assert_allclose(
+        records, np.clip((signals[task.splits['test'].rows] - mean) / std, -5, 5), atol=1e-5)
     assert evaluator.windows_per_record == len(ref.windows(records[0], CROP, STRIDE)) == 7
     theirs = published.probabilities(records)
     statement = ref.record_probabilities(model, records, size=CROP, stride=STRIDE,
