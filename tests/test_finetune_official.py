@@ -18,7 +18,6 @@ official-ECG-JEPA beside the repository) and require the same numbers.
 """
 
 import os
-import pathlib
 
 import flax.linen as nn
 import jax
@@ -40,8 +39,6 @@ from jepa_ecg.models.classifier import build_classifier  # noqa: E402
 from jepa_ecg.models.config import model_config  # noqa: E402
 from jepa_ecg.training import finetune_step, optim  # noqa: E402
 
-OFFICIAL_DIR = os.environ.get('JEPA_ECG_OFFICIAL_DIR', str(
-    pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'official-ECG-JEPA'))
 FS, CROP, STRIDE, RECORD = 100.0, 250, 125, 1000
 BATCH, NUM_CLASSES = 4, 5
 # Per-leaf relative L2 error allowed between the two implementations.
@@ -220,22 +217,18 @@ def test_steps_equal_the_published_step(case):
                         'Adam second moment')
 
 
-def _published_yaml(protocol: str) -> dict:
+def _published_yaml(official_dir, protocol: str) -> dict:
     import yaml  # pylint: disable=g-import-not-at-top
-    path = os.path.join(OFFICIAL_DIR, 'configs', 'eval', f'{protocol}.yaml')
-    if not os.path.isfile(path):
-        pytest.fail(f'{path} not found: point JEPA_ECG_OFFICIAL_DIR at a checkout of '
-                    f'github.com/kweimann/ECG-JEPA')
-    with open(path) as f:
+    with open(os.path.join(official_dir, 'configs', 'eval', f'{protocol}.yaml')) as f:
         return yaml.safe_load(f)
 
 
 @pytest.mark.parametrize('protocol', list(PROTOCOLS))
-def test_protocols_and_schedules_equal_the_published_ones(protocol):
+def test_protocols_and_schedules_equal_the_published_ones(protocol, official_dir):
     """Every hyper-parameter of the protocol equals the published eval config,
     and the learning rate of every step of a whole run (and the constant
     weight decay) equal the published schedule's."""
-    y, c = _published_yaml(protocol), _config(protocol)
+    y, c = _published_yaml(official_dir, protocol), _config(protocol)
     assert c.head == ('attentive' if y['attn_pooling'] else 'register') and y['use_register']
     assert (c.frozen, c.dropout, c.head_bias, y['layer_scale_eps']) == (
         y['frozen'], y['dropout'], y['bias'], 0)
@@ -250,7 +243,7 @@ def test_protocols_and_schedules_equal_the_published_ones(protocol):
     assert (c.data.crop_seconds, c.data.eval_stride_seconds) == (
         y['crop_duration'], y['crop_stride'])
 
-    with ref.published_code(OFFICIAL_DIR):
+    with ref.published_code(str(official_dir)):
         from utils import schedules as published  # pylint: disable=g-import-not-at-top
         gen = published.cosine_schedule(
             total_steps=y['steps'], start_value=y['learning_rate'],
@@ -271,7 +264,7 @@ def test_protocols_and_schedules_equal_the_published_ones(protocol):
 
 @pytest.mark.parametrize('protocol,single_label', [('linear', False), ('finetune', True),
                                                    ('finetune_after_linear', False)])
-def test_reference_statement_equals_the_published_code(protocol, single_label):
+def test_reference_statement_equals_the_published_code(protocol, single_label, official_dir):
     """The statement and the published modules, stepped as finetune.py's loop
     does from the same weights (dropout masks from the same torch seed),
     give the same losses, weights and AdamW moments."""
@@ -280,7 +273,7 @@ def test_reference_statement_equals_the_published_code(protocol, single_label):
     cfg = _cfg()
     torch.manual_seed(0)
     model = ref.Classifier(cfg, NUM_CLASSES, head=c.head, dropout=c.dropout, frozen=c.frozen)
-    published = ref.PublishedEvaluation(OFFICIAL_DIR, cfg, protocol, NUM_CLASSES,
+    published = ref.PublishedEvaluation(str(official_dir), cfg, protocol, NUM_CLASSES,
                                         single_label=single_label, start_step=start)
     published.model.load_state_dict(model.state_dict())
     opt = ref.make_optimizer(model, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay)
@@ -308,7 +301,7 @@ def test_reference_statement_equals_the_published_code(protocol, single_label):
 
 
 @pytest.mark.parametrize('single_label', [False, True])
-def test_evaluation_probabilities_equal_the_published_ones(single_label):
+def test_evaluation_probabilities_equal_the_published_ones(single_label, official_dir):
     """Our evaluator (windows, fixed-shape padded batches over 4 devices,
     logits averaged per record, sigmoid or softmax) gives the published
     evaluation's probabilities on the same records, normalised as
@@ -328,7 +321,7 @@ def test_evaluation_probabilities_equal_the_published_ones(single_label):
     c, cfg = _config(protocol), _cfg()
     torch.manual_seed(0)
     model = ref.Classifier(cfg, task.num_classes, head=c.head, dropout=c.dropout, frozen=False)
-    published = ref.PublishedEvaluation(OFFICIAL_DIR, cfg, protocol, task.num_classes,
+    published = ref.PublishedEvaluation(str(official_dir), cfg, protocol, task.num_classes,
                                         single_label=single_label)
     published.model.load_state_dict(model.state_dict())
 
