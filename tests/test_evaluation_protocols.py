@@ -420,21 +420,3 @@ def test_smoke_pretraining_then_linear_protocol(ptbxl_tfds_dir, tmp_path):
     for a, b in zip(jax.tree_util.tree_leaves(state['target_params']),
                     jax.tree_util.tree_leaves(best['encoder'])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-@pytest.mark.slow
-def test_acceptance_random_xs_finetune_superdiagnostic(ptbxl_tfds_dir, tmp_path):
-    """Random-init ViT-XS, finetune protocol cut to 1,500 steps, on the PTB-XL subset.
-
-    The reference PyTorch code reaches best validation 0.904 and test 0.899
-    under this budget on folds 1-2 / 9 / 10 at 100 Hz; about an hour or more
-    on 2 CPU cores.
-    """
-    workdir = tmp_path / 'accept'
-    cmd = _finetune_cmd('finetune', 'random:XS', 'superdiagnostic', workdir, ptbxl_tfds_dir)
-    cmd += ['--config.total_steps=1500', '--config.eval_every=250']
-    proc = subprocess.run(cmd, env=_env(1), cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(workdir / 'superdiagnostic' / 'seed0' / 'results.json') as f:
-        res = json.load(f)
-    assert res['test']['macro_auc'] >= 0.885
