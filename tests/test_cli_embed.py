@@ -69,7 +69,7 @@ def test_load_encoder_api(enc, encoder_dir):
     np.testing.assert_allclose(np.asarray(with_regs)[:, 1:], np.asarray(tokens), atol=1e-6)
     with open(os.path.join(encoder_dir, 'encoder.json')) as f:
         doc = json.load(f)
-    assert doc['format'] == 'jepa_ecg.encoder' and doc['fs'] == FS
+    assert doc['format'] == 'jepa_ecg.encoder' and doc['model']['fs'] == FS
     # `import jepa_ecg` stays cheap: no JAX until load_encoder is used.
     code = ('import sys, jepa_ecg; assert "jax" not in sys.modules; '
             'assert callable(jepa_ecg.load_encoder)')

@@ -3,7 +3,7 @@
 A classifier directory holds `classifier.json`:
 
     {"format": "jepa_ecg.classifier", "version": 1,
-     "model": ModelConfig dict, "leads": [...], "fs": ...,
+     "model": ModelConfig dict, "leads": [...],
      "head": "attentive" | "register", "head_bias": false,
      "class_names": [...], "single_label": false,
      "crop_seconds": 2.5, "stride_seconds": 1.25,
@@ -187,7 +187,7 @@ def save_classifier(path: str, config: ModelConfig, params: Mapping[str, Any], *
     check_params(config, params['encoder'])
     os.makedirs(path, exist_ok=True)
     doc = {'format': FORMAT, 'version': VERSION, 'model': config.to_dict(),
-           'leads': canonical_leads(leads), 'fs': float(config.fs), 'head': head,
+           'leads': canonical_leads(leads), 'head': head,
            'head_bias': bool(head_bias), 'class_names': [str(c) for c in class_names],
            'single_label': bool(single_label), 'crop_seconds': float(crop_seconds),
            'stride_seconds': float(stride_seconds), 'lead_stats': lead_stats_json(lead_stats),

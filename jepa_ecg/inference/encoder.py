@@ -5,7 +5,6 @@ The encoder directory ("encoder file") holds two files:
     encoder.json     {"format": "jepa_ecg.encoder", "version": 1,
                       "model": ModelConfig dict,
                       "leads": the model's input lead order (canonical names),
-                      "fs": the model's sampling rate (Hz),
                       "lead_stats": {"mean": [12 floats], "std": [12 floats],
                                      "source": where they come from} or null,
                       "provenance": {free-form: workdir, step, checkpoint, ...}}
@@ -345,7 +344,7 @@ def save_encoder(path: str, config: ModelConfig, params: Any, *,
     check_params(config, params)
     os.makedirs(path, exist_ok=True)
     doc = {'format': FORMAT, 'version': VERSION, 'model': config.to_dict(),
-           'leads': canonical_leads(leads), 'fs': float(config.fs),
+           'leads': canonical_leads(leads),
            'lead_stats': lead_stats_json(lead_stats), 'provenance': dict(provenance or {})}
     write_params(os.path.join(path, PARAMS_FILE), params)
     with open(os.path.join(path, CONFIG_FILE), 'w', encoding='utf-8') as f:
