@@ -375,13 +375,15 @@ def compare_pretrain() -> dict:
     import importlib.util  # pylint: disable=g-import-not-at-top
     if importlib.util.find_spec('torch') is None:
         raise app.UsageError("torch is missing: pip install -e '.[torch]'")
-    from experiments import side_by_side  # pylint: disable=g-import-not-at-top
+    from experiments import build_data, side_by_side  # pylint: disable=g-import-not-at-top
     from experiments.configs import learning_curve  # pylint: disable=g-import-not-at-top
     if not FLAGS.workdir:
         raise app.UsageError('--what=pretrain needs --workdir')
     config = learning_curve.get_config(FLAGS.budget)
     for sub in (config.pretrain, config.linear):
         sub.data.data_dir, sub.data.manual_dir = FLAGS.data_dir, FLAGS.manual_dir
+    build_data.for_pretraining(config.pretrain)
+    build_data.for_ptbxl(config.linear.data, config.linear.model.fs)
     if FLAGS.linear_steps:
         config.linear.total_steps = FLAGS.linear_steps
         config.linear.eval_every = max(1, FLAGS.linear_steps // 4)

@@ -18,11 +18,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags  # noqa: E402
 
-from experiments import console, learning_curve  # noqa: E402
+from experiments import build_data, console, learning_curve  # noqa: E402
 from experiments.configs import learning_curve as curve_configs  # noqa: E402
 from experiments.configs.pretrain import get_config  # noqa: E402
 from jepa_ecg import sharding  # noqa: E402
-from jepa_ecg.data import pretrain  # noqa: E402
 from jepa_ecg.training import jepa_loop  # noqa: E402
 from jepa_ecg.training.metrics_writer import loss_curve_summary  # noqa: E402
 from tfds_builders import build  # noqa: E402
@@ -64,7 +63,7 @@ def main(argv):
         compare_with_random(workdir, data_dir)
         return
     print(f'[1/3] building synthetic_ecg and its lead statistics in {data_dir}', flush=True)
-    pretrain.prepare_sources({'synthetic': 1.0}, data_dir)
+    build_data.sources_of({'synthetic': 1.0}, data_dir)
     config = pretrain_config(FLAGS.steps, FLAGS.batch, FLAGS.variant)
     config.data.data_dir = data_dir
     pre_dir = os.path.join(workdir, 'pretrain')

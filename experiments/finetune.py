@@ -25,7 +25,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments import console  # noqa: E402
+from experiments import build_data, console  # noqa: E402
 from jepa_ecg.data.ptbxl import TASKS  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -72,6 +72,7 @@ def main(argv):
     from tfds_builders.build import DatasetNotBuiltError  # pylint: disable=g-import-not-at-top
     new_workdir = None if os.path.exists(FLAGS.workdir) else FLAGS.workdir
     try:
+        build_data.for_ptbxl(FLAGS.config.data, resolver(FLAGS.task[0], 0).config.fs)
         summary = finetune_loop.run_all(FLAGS.config, FLAGS.workdir, encoder=resolver,
                                         tasks=list(FLAGS.task), num_seeds=FLAGS.seeds)
     except (DatasetNotBuiltError, CheckpointError) as e:

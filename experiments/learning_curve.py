@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments import compare, console, curve_plots  # noqa: E402
+from experiments import build_data, compare, console, curve_plots  # noqa: E402
 from experiments.configs.learning_curve import budget_steps  # noqa: E402
 from jepa_ecg import sharding  # noqa: E402
 from jepa_ecg.inference import resolve, runs  # noqa: E402
@@ -127,6 +127,8 @@ def run_curve(config, workdir: str) -> dict:
     """Pre-trains through every budget, scores each and the random band; writes curve.json."""
     t0 = time.time()
     _share_data_dirs(config)
+    build_data.for_pretraining(config.pretrain)
+    build_data.for_ptbxl(config.linear.data, config.linear.model.fs)
     os.makedirs(workdir, exist_ok=True)
     pre_dir = os.path.join(workdir, 'pretrain')
     batch = int(config.pretrain.global_batch_size)

@@ -16,7 +16,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments import console  # noqa: E402
+from experiments import build_data, console  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Pre-training config file.', lock_config=True)
@@ -43,6 +43,7 @@ def main(argv):
     from tfds_builders.build import DatasetNotBuiltError  # pylint: disable=g-import-not-at-top
     new_workdir = None if os.path.exists(FLAGS.workdir) else FLAGS.workdir
     try:
+        build_data.for_pretraining(FLAGS.config)
         summary = jepa_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (DatasetNotBuiltError, CheckpointError) as e:
         # A real source not built (the message names the build command), or a

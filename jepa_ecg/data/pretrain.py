@@ -49,7 +49,6 @@ from jepa_ecg.data import source_stats
 from jepa_ecg.data.lead_subsets import LeadDropout
 from jepa_ecg.ecg import transforms
 from jepa_ecg.ecg.leads import LEADS
-from tfds_builders import build
 
 log = logging.getLogger(__name__)
 
@@ -320,32 +319,6 @@ class PretrainPipeline:
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(
                 num_workers=int(worker_count), per_worker_buffer_size=max(1, prefetch)))
         return PretrainIterator(iter(ds), start_step)
-
-
-def prepare_sources(mixture: Mapping[str, float], data_dir: str | None, *,
-                    manual_dirs: Mapping[str, str] | None = None,
-                    sources: Mapping[str, sources_lib.Source] | None = None) -> None:
-    """Builds what a mixture needs and can be built, and its lead statistics.
-
-    Offline sources (synthetic) and sources whose raw folder is given in
-    `manual_dirs` are built on first use, and their statistics computed;
-    any other unbuilt source stops with a message naming the build command
-    (`tfds_builders.build.DatasetNotBuiltError`).
-
-    Args:
-      mixture: source name -> weight.
-      data_dir: TFDS data directory.
-      manual_dirs: source name -> folder of its raw files.
-      sources: extra or overriding registry entries.
-    """
-    registry = {**sources_lib.SOURCES, **(sources or {})}
-    for name, weight in mixture.items():
-        if weight <= 0:
-            continue
-        src = registry[name]
-        manual_dir = (manual_dirs or {}).get(name)
-        build.ensure_built(src.tfds_name, data_dir, manual_dir=manual_dir)
-        source_stats.ensure_lead_stats(src, data_dir)
 
 
 class PretrainIterator:

@@ -25,6 +25,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import grain
 import numpy as np
+import tensorflow_datasets as tfds
 from absl import logging
 
 from jepa_ecg.data import datasets
@@ -351,7 +352,7 @@ def choose_builder(fs: float, data_dir: str | None, manual_dir: str | None = Non
     """The built `ptb_xl` config for a model at `fs` (its own rate when built).
 
     With `manual_dir` (the raw PTB-XL folder) the config of `fs` is chosen
-    when neither is built: `load_task` builds it.
+    when neither is built (for the entry point to build).
 
     Raises:
       tfds_builders.build.DatasetNotBuiltError: neither config is built; the
@@ -370,10 +371,18 @@ def choose_builder(fs: float, data_dir: str | None, manual_dir: str | None = Non
         f'or pass --config.data.manual_dir=/path/to/ptb-xl to build it on first use.')
 
 
+def _built_builder(name: str, data_dir: str | None):
+    if not build.is_built(name, data_dir):
+        raise build.DatasetNotBuiltError(
+            f'{name} is not built in {data_dir or "the default TFDS data_dir"}. Build it '
+            f'once with:\n  {build.build_command(name, data_dir)}')
+    return tfds.builder(name, data_dir=data_dir)
+
+
 def load_task(task: str, *, fs: float, data_dir: str | None = None,
               builder_name: str | None = None, window_seconds: float = 10.0,
               max_records_per_fold: int | None = None,
-              clip: float = CLIP, manual_dir: str | None = None) -> PtbxlTask:
+              clip: float = CLIP) -> PtbxlTask:
     """A task of the built `ptb_xl` TFDS dataset (labels read now, signals streamed).
 
     Args:
@@ -386,16 +395,13 @@ def load_task(task: str, *, fs: float, data_dir: str | None = None,
       max_records_per_fold: only the first records of every fold (smoke
         runs and tests).
       clip: see `make_task`.
-      manual_dir: the raw PTB-XL folder; the dataset is built from it on
-        first use.
 
     Returns:
       PtbxlTask.
     """
     if task not in TASKS:
         raise ValueError(f'unknown task {task!r}; choose from {TASKS}')
-    builder_name = builder_name or choose_builder(fs, data_dir, manual_dir)
-    builder = build.ensure_built(builder_name, data_dir, manual_dir=manual_dir)
+    builder = _built_builder(builder_name or choose_builder(fs, data_dir), data_dir)
     source_task = SOURCE_TASK[task]
     classes = list(builder.info.metadata['classes'][source_task])
     limit = f'[:{int(max_records_per_fold)}]' if max_records_per_fold else ''

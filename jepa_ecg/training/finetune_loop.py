@@ -89,7 +89,6 @@ def load_task_data(config: ml_collections.ConfigDict, task: str,
     d = config.data
     return data_lib.load_task(task, fs=fs, data_dir=d.get('data_dir'),
                               builder_name=d.get('builder'), clip=d.clip,
-                              manual_dir=d.get('manual_dir'),
                               max_records_per_fold=d.get('max_records_per_fold'))
 
 

@@ -14,13 +14,12 @@ from absl import logging
 
 from jepa_ecg import sharding
 from jepa_ecg.data import pretrain as pipeline
-from jepa_ecg.data.sources import MIXTURES, get_source
+from jepa_ecg.data.sources import MIXTURES
 from jepa_ecg.models import ModelConfig
 from jepa_ecg.models.config import model_config_from
 from jepa_ecg.training import checkpoint, config_checks, optim
 from jepa_ecg.training import jepa_step as jepa
 from jepa_ecg.training.metrics_writer import MetricsWriter
-from tfds_builders import build
 
 # What the step consumes; anything else the pipeline yields stays on the host.
 STEP_INPUTS = ('signal', 'keep_idx', 'keep_valid', 'predict_mask')
@@ -30,29 +29,15 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def _manual_dirs(mixture: dict, manual_dir: str | None) -> dict[str, str] | None:
-    """`data.manual_dir` is the raw folder of the mixture's one real source."""
-    if not manual_dir:
-        return None
-    real = [name for name, w in mixture.items() if w > 0
-            and not build.is_offline(get_source(name).tfds_name)]
-    if len(real) != 1:
-        raise config_checks.ConfigError(
-            f'data.manual_dir names the raw folder of one source, but the mixture has '
-            f'{len(real)} real sources {real}: build each with python -m tfds_builders')
-    return {real[0]: manual_dir}
-
-
 def make_input_iterator(config: ml_collections.ConfigDict, cfg: ModelConfig,
                         start_step: int) -> Iterator[dict]:
     """The pre-training pipeline of `config.data` from `start_step` (local batches).
 
-    Offline sources (synthetic) are built on first use; a missing real one
-    stops with a message naming its build command.
+    The sources must be built (entry points build them first: see
+    experiments/build_data.py); a missing one stops with a message naming
+    its build command.
     """
     mixture = MIXTURES[config.data.mixture]
-    pipeline.prepare_sources(mixture, config.data.data_dir,
-                             manual_dirs=_manual_dirs(mixture, config.data.get('manual_dir')))
     return pipeline.make_pretrain_iterator(
         mixture, data_dir=config.data.data_dir,
         global_batch_size=config.global_batch_size, fs=cfg.fs,
