@@ -16,6 +16,7 @@ messages go through.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import os
@@ -63,6 +64,75 @@ def seconds_to_samples(fs: float, seconds: float | None) -> int | None:
     return max(1, transforms.samples(fs, seconds))
 
 
+def window_starts(num_samples: int, length: int, stride: int) -> np.ndarray:
+    """Start samples of a record's windows: every `stride`, plus one aligned to its end.
+
+    A record whose length is not a whole number of strides past the first
+    window gets that last window so its tail is seen too.
+    """
+    if length <= 0 or stride <= 0:
+        raise ValueError(f'length ({length}) and stride ({stride}) must be positive')
+    if num_samples <= length:
+        return np.zeros(1, np.int64)
+    starts = np.arange(0, num_samples - length + 1, stride, dtype=np.int64)
+    if (num_samples - length) % stride:
+        starts = np.append(starts, num_samples - length)
+    return starts
+
+
+class LazyWindows:
+    """The windows of one record, copied out of it only when read.
+
+    Long records at small strides have far more window samples than record
+    samples (a 2-hour record every 0.05 s: 144,000 windows), so they are cut
+    a batch at a time: slicing gives another `LazyWindows`, `np.asarray`
+    copies just the windows in the slice.
+    """
+
+    def __init__(self, x: np.ndarray, starts: np.ndarray, length: int):
+        self.x, self.starts, self.length = x, np.asarray(starts, np.int64), int(length)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.starts), self.length) + self.x.shape[1:]
+
+    def __getitem__(self, index: slice) -> 'LazyWindows':
+        if not isinstance(index, slice):
+            raise TypeError('LazyWindows takes slices; np.asarray it for anything else')
+        return LazyWindows(self.x, self.starts[index], self.length)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.empty(self.shape, np.float32)
+        for i, s in enumerate(self.starts):
+            out[i] = self.x[s:s + self.length]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def lazy_windows(x: np.ndarray, *, length: int, stride: int, patch_size: int, fs: float,
+                 pad: bool = False, name: str | None = None
+                 ) -> tuple[LazyWindows | np.ndarray, int]:
+    """`cut_windows` without copying: windows are cut when read (see `LazyWindows`).
+
+    Returns:
+      (windows, valid_patches) as `cut_windows`; a padded short record is one
+      (1, length, leads) array.
+    """
+    t = x.shape[0]
+    if t < length:
+        if not pad:
+            raise RecordTooShortError(
+                f'{name or "record"}: {t / fs:.2f} s at {fs:g} Hz is shorter than the '
+                f'{length / fs:.2f} s window; pass pad=True (CLI: --pad) to zero-pad it, '
+                f'or use a shorter window')
+        out = np.zeros((1, length, x.shape[1]), np.float32)
+        out[0, :t] = x
+        return out, min(max(1, -(-t // patch_size)), length // patch_size)
+    return LazyWindows(x, window_starts(t, length, stride), length), length // patch_size
+
+
 def cut_windows(x: np.ndarray, *, length: int, stride: int, patch_size: int, fs: float,
                 pad: bool = False, name: str | None = None) -> tuple[np.ndarray, int]:
     """Cuts a preprocessed record into windows of `length` samples every `stride`.
@@ -87,20 +157,9 @@ def cut_windows(x: np.ndarray, *, length: int, stride: int, patch_size: int, fs:
     Raises:
       RecordTooShortError: a record shorter than one window, without `pad`.
     """
-    t = x.shape[0]
-    if t < length:
-        if not pad:
-            raise RecordTooShortError(
-                f'{name or "record"}: {t / fs:.2f} s at {fs:g} Hz is shorter than the '
-                f'{length / fs:.2f} s window; pass pad=True (CLI: --pad) to zero-pad it, '
-                f'or use a shorter window')
-        out = np.zeros((1, length, x.shape[1]), np.float32)
-        out[0, :t] = x
-        return out, min(max(1, -(-t // patch_size)), length // patch_size)
-    wins = transforms.sliding_windows(x, length, stride)
-    if (t - length) % stride:
-        wins = np.concatenate([wins, x[None, t - length:]], axis=0)
-    return np.ascontiguousarray(wins, np.float32), length // patch_size
+    wins, valid = lazy_windows(x, length=length, stride=stride, patch_size=patch_size, fs=fs,
+                               pad=pad, name=name)
+    return np.asarray(wins, np.float32), valid
 
 
 class WindowBatcher:
@@ -108,38 +167,49 @@ class WindowBatcher:
 
     Records are added in order; whenever `batch_size` windows are waiting,
     one forward pass runs on exactly that many (a record's windows may span
-    two batches). `finish` runs the rest and returns each record's outputs.
+    two batches). `finish` runs the rest and returns each record's outputs;
+    with `on_done`, each record's mean output is handed over as soon as its
+    last window has run instead (memory then does not grow with the number
+    of windows).
     """
 
-    def __init__(self, forward: Forward, batch_size: int):
+    def __init__(self, forward: Forward, batch_size: int,
+                 on_done: Callable[[int, np.ndarray, int], None] | None = None):
         """Args:
           forward: (windows (B, T, L), valid patches (B,)) -> (B, ...) outputs,
             B a power of two <= batch_size.
           batch_size: windows per forward pass.
+          on_done: optional (record index, mean output over its windows
+            (float32), number of windows), called in add order.
         """
         if batch_size < 1:
             raise ValueError(f'batch_size must be >= 1, got {batch_size}')
         self._forward = forward
         self._batch_size = int(batch_size)
+        self._on_done = on_done
         self._pending: list[tuple[int, np.ndarray, int]] = []  # (record, windows, valid)
         self._pending_windows = 0
         self._outputs: list[list[np.ndarray]] = []
+        # on_done: record -> [float64 sum of outputs, windows run, windows in all]
+        self._sums: dict[int, list] = {}
 
-    def add(self, windows: np.ndarray, valid_patches: int) -> int:
+    def add(self, windows: np.ndarray | LazyWindows, valid_patches: int) -> int:
         """Queues one record's windows and runs the batches that are full.
 
         Args:
-          windows: (W, T, L), W >= 1.
+          windows: (W, T, L), W >= 1; an array or `LazyWindows`.
           valid_patches: patches holding real signal per window (passed to
             `forward`; 0 for a forward that ignores it).
 
         Returns:
-          the record's index in `finish`'s list.
+          the record's index (in `finish`'s list, or given to `on_done`).
         """
         if not len(windows):
             raise ValueError('a record without windows')
         index = len(self._outputs)
         self._outputs.append([])
+        if self._on_done is not None:
+            self._sums[index] = [0.0, 0, len(windows)]
         self._pending.append((index, windows, int(valid_patches)))
         self._pending_windows += len(windows)
         self._run(final=False)
@@ -148,7 +218,7 @@ class WindowBatcher:
     def finish(self) -> list[np.ndarray]:
         """Runs what is left; returns per-record (W_i, ...) outputs in add order."""
         self._run(final=True)
-        out = [np.concatenate(parts) for parts in self._outputs]
+        out = [np.concatenate(parts) for parts in self._outputs if parts]
         self._outputs = []
         return out
 
@@ -163,7 +233,7 @@ class WindowBatcher:
                     n += k
                 if k < len(wins):
                     rest.append((index, wins[k:], valid))
-            batch = np.concatenate([w for _, w, _ in take])
+            batch = np.concatenate([np.asarray(w, np.float32) for _, w, _ in take])
             valid = np.concatenate([np.full(len(w), v, np.int32) for _, w, v in take])
             x = pad_batch(batch, bs)
             # Padding rows count one valid patch so a masked mean never divides by 0.
@@ -171,10 +241,21 @@ class WindowBatcher:
             out = np.asarray(self._forward(x, v))[:n]
             pos = 0
             for index, wins, _ in take:
-                self._outputs[index].append(out[pos:pos + len(wins)])
+                self._collect(index, out[pos:pos + len(wins)])
                 pos += len(wins)
             self._pending = rest
             self._pending_windows -= n
+
+    def _collect(self, index: int, out: np.ndarray) -> None:
+        if self._on_done is None:
+            self._outputs[index].append(out)
+            return
+        acc = self._sums[index]
+        acc[0] = acc[0] + out.astype(np.float64).sum(0)
+        acc[1] += len(out)
+        if acc[1] == acc[2]:
+            del self._sums[index]
+            self._on_done(index, (acc[0] / acc[1]).astype(np.float32), acc[1])
 
 
 def pool(outputs: Sequence[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
@@ -242,14 +323,16 @@ class Prepared:
       missing: model leads the record lacks (zero-filled).
       error: why it failed (names the file), or None.
       assumed_leads: the file did not name its leads.
+      notes: warnings about the file's contents (e.g. missing CSV cells).
     """
     name: str
     path: str
-    windows: np.ndarray | None = None
+    windows: np.ndarray | LazyWindows | None = None
     valid: int = 0
     missing: tuple[str, ...] = ()
     error: str | None = None
     assumed_leads: bool = False
+    notes: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -257,19 +340,20 @@ class StreamResult:
     """What `stream_files` did.
 
     Attributes:
-      records: the records that went through, in input order.
-      outputs: per record, its (windows, ...) forward outputs.
+      records: the records that went through, in input order (without windows).
       failed: (path, reason) of what could not be processed.
       seconds: wall time.
+      num_windows: windows run through the model.
     """
     records: list[Prepared]
-    outputs: list[np.ndarray]
     failed: list[tuple[str, str]]
     seconds: float
+    num_windows: int = 0
 
-    @property
-    def num_windows(self) -> int:
-        return sum(len(o) for o in self.outputs)
+
+# (path, its records with (mean output over windows, number of windows), its errors),
+# called in input order once every record of the file has gone through the model.
+FileDone = Callable[[str, list[tuple[Prepared, np.ndarray, int]], list[str]], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,7 +390,8 @@ def prepare_file(path: str, read: ReadOptions, prepare: Prepare,
         return [Prepared(os.path.basename(path), path, error=f'{path}: {type(e).__name__}: {e}')]
     out = []
     for rec in records:
-        item = Prepared(rec.name, path, assumed_leads=rec.assumed_leads)
+        item = Prepared(rec.name, path, assumed_leads=rec.assumed_leads,
+                        notes=tuple(getattr(rec, 'notes', ())))
         try:
             item.missing = tuple(missing_leads(rec.leads, model_leads))
             item.windows, item.valid = prepare(rec.signal, rec.fs, rec.leads, path)
@@ -323,9 +408,11 @@ def _prepared_in_order(paths: Sequence[str], job: Callable[[str], list[Prepared]
     """`job(path)` for every path, in order, computed by `workers` threads ahead.
 
     Read-ahead is bounded so memory stays flat on big folders; numpy/scipy
-    release the GIL, so threads overlap reading with the model.
+    release the GIL, so threads overlap reading with the model. When the
+    consumer stops early (an interrupt), files not yet started are dropped.
     """
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool_:
+    pool_ = concurrent.futures.ThreadPoolExecutor(workers)
+    try:
         ahead = 4 * workers
         futures = [pool_.submit(job, p) for p in paths[:ahead]]
         next_path = len(futures)
@@ -336,12 +423,29 @@ def _prepared_in_order(paths: Sequence[str], job: Callable[[str], list[Prepared]
                 futures.append(pool_.submit(job, paths[next_path]))
                 next_path += 1
             yield result
+    finally:
+        pool_.shutdown(wait=True, cancel_futures=True)
+
+
+def _warn(item: Prepared, progress: Progress, first_assumed: bool) -> None:
+    """Reports what was changed in a record to make it fit the model."""
+    for note in item.notes:
+        progress.write(f'warning: {note}')
+    if first_assumed:
+        progress.write(f'warning: {item.path} (and maybe others) does not name its '
+                       f'leads: assuming I,II,III,aVR,aVL,aVF,V1-V6 (pass --leads)')
+    if item.missing:
+        progress.write(f'warning: {item.path}: missing leads {list(item.missing)} '
+                       f'filled with zeros')
 
 
 def stream_files(paths: Sequence[str], *, read: ReadOptions, prepare: Prepare,
                  model_leads: Sequence[str], forward: Forward, batch_size: int,
-                 workers: int, progress: Progress) -> StreamResult:
+                 workers: int, progress: Progress, on_file: FileDone) -> StreamResult:
     """Runs `forward` over every record of `paths`, batching windows across records.
+
+    Each file's results go to `on_file` as soon as its last window has run,
+    so a caller can save them before the run ends.
 
     Args:
       paths: record files (`jepa_ecg.ecg.files.find_records`).
@@ -352,16 +456,32 @@ def stream_files(paths: Sequence[str], *, read: ReadOptions, prepare: Prepare,
       batch_size: windows per forward pass.
       workers: threads reading and preprocessing files.
       progress: where the bar advances and messages go.
+      on_file: see `FileDone`.
 
     Returns:
       a `StreamResult`; records that failed are reported on `progress` and
       listed in `failed`, the others are processed.
     """
     start = time.time()
-    batcher = WindowBatcher(forward, batch_size)
     records: list[Prepared] = []
     failed: list[tuple[str, str]] = []
+    done: dict[int, tuple[np.ndarray, int]] = {}
+    # Files whose records are still in the batcher: (path, [(record, index)], errors).
+    open_files: collections.deque = collections.deque()
     assumed = 0
+
+    windows_run = [0]
+
+    def record_done(index: int, mean: np.ndarray, count: int) -> None:
+        done[index] = (mean, count)
+        windows_run[0] += count
+
+    def hand_over() -> None:
+        while open_files and all(i in done for _, i in open_files[0][1]):
+            path, items, errors = open_files.popleft()
+            on_file(path, [(item, *done.pop(i)) for item, i in items], errors)
+
+    batcher = WindowBatcher(forward, batch_size, on_done=record_done)
 
     def job(path: str) -> list[Prepared]:
         return prepare_file(path, read, prepare, model_leads)
@@ -371,21 +491,27 @@ def stream_files(paths: Sequence[str], *, read: ReadOptions, prepare: Prepare,
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', MissingLeadsWarning)
         warnings.simplefilter('ignore', files_lib.AssumedLeadOrderWarning)
-        for result in _prepared_in_order(list(paths), job, max(1, int(workers))):
-            for item in result:
-                if item.error is not None:
-                    failed.append((item.path, item.error))
-                    progress.write(f'error: {item.error}')
-                    continue
-                if item.assumed_leads and not assumed:
-                    progress.write(f'warning: {item.path} (and maybe others) does not name its '
-                                   f'leads: assuming I,II,III,aVR,aVL,aVF,V1-V6 (pass --leads)')
-                assumed += item.assumed_leads
-                if item.missing:
-                    progress.write(f'warning: {item.path}: missing leads {list(item.missing)} '
-                                   f'filled with zeros')
-                batcher.add(item.windows, item.valid)
-                item.windows = None
-                records.append(item)
-            progress.advance(len(records), len(failed))
-    return StreamResult(records, batcher.finish(), failed, time.time() - start)
+        warnings.simplefilter('ignore', files_lib.MissingSamplesWarning)
+        prepared = _prepared_in_order(list(paths), job, max(1, int(workers)))
+        try:
+            for path, result in zip(paths, prepared):
+                items, errors = [], []
+                for item in result:
+                    if item.error is not None:
+                        failed.append((item.path, item.error))
+                        errors.append(item.error)
+                        progress.write(f'error: {item.error}')
+                        continue
+                    _warn(item, progress, first_assumed=item.assumed_leads and not assumed)
+                    assumed += item.assumed_leads
+                    windows, item.windows = item.windows, None
+                    items.append((item, batcher.add(windows, item.valid)))
+                    records.append(item)
+                open_files.append((path, items, errors))
+                hand_over()
+                progress.advance(len(records), len(failed))
+        finally:
+            prepared.close()  # on an interrupt: drop the files not yet started
+        batcher.finish()
+        hand_over()
+    return StreamResult(records, failed, time.time() - start, windows_run[0])
