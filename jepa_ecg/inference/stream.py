@@ -428,9 +428,7 @@ def _prepared_in_order(paths: Sequence[str], job: Callable[[str], list[Prepared]
 
 
 def _warn(item: Prepared, progress: Progress, first_assumed: bool) -> None:
-    """Reports what was changed in a record to make it fit the model."""
-    for note in item.notes:
-        progress.write(f'warning: {note}')
+    """Reports what was assumed or filled in to make a record fit the model."""
     if first_assumed:
         progress.write(f'warning: {item.path} (and maybe others) does not name its '
                        f'leads: assuming I,II,III,aVR,aVL,aVF,V1-V6 (pass --leads)')
@@ -497,6 +495,8 @@ def stream_files(paths: Sequence[str], *, read: ReadOptions, prepare: Prepare,
             for path, result in zip(paths, prepared):
                 items, errors = [], []
                 for item in result:
+                    for note in item.notes:  # also when it failed: they may say why
+                        progress.write(f'warning: {note}')
                     if item.error is not None:
                         failed.append((item.path, item.error))
                         errors.append(item.error)
