@@ -122,9 +122,9 @@ def _stream(args: argparse.Namespace, encoder, prepare_windows: Callable, forwar
     except (KeyboardInterrupt, _Terminated) as e:
         parts.save()  # the files finished since the last part
         kept = len(parts.merge(paths).names)
-        raise RunError(f'interrupted ({e or "SIGINT"}): {kept} records of finished files are '
-                       f'saved in {parts.dir}; rerun the same command with --resume to finish'
-                       ) from None
+        raise RunError(f'interrupted ({str(e) or "SIGINT"}): {kept} record(s) of finished files '
+                       f'are saved in {parts.dir}; rerun the same command with --resume to '
+                       f'finish') from None
     return result, parts, paths, len(paths) - len(todo)
 
 
