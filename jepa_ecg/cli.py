@@ -12,15 +12,21 @@ Inputs of `embed`/`predict` (see `jepa_ecg.ecg.files`): WFDB records (`.hea` wit
 model's), any lead order (matched by name). Records longer than the window
 are cut into overlapping windows whose outputs are averaged; shorter ones are
 an error unless `--pad`. Missing leads are an error listing them unless
-`--fill-missing=zero`. A file that cannot be read is reported by name and
-the others are still processed (exit status 1 when any failed).
+`--fill-missing=zero` (a CSV lead more than half empty/NA counts as missing).
+A file that cannot be read is reported by name and the others are still
+processed (exit status 1 when any failed).
 
-Outputs:
-  embed    NPZ with `mean` (N, dim) patch-token mean, `register` (N, dim)
+Outputs (the format follows the `--out` extension):
+  embed    .npz with `mean` (N, dim) patch-token mean, `register` (N, dim)
            register-token output, `names` and `paths` (N,), `num_windows`
            (N,), `failed` (paths that could not be processed), `encoder`
-           (JSON of the encoder's config and provenance).
-  predict  CSV `record,path,<class 1>,...` with class probabilities.
+           (JSON of the encoder's config and provenance); .csv
+           `record,path,mean_0,...,register_0,...`.
+  predict  .csv `record,path,<class 1>,...` with class probabilities; .npz
+           with `probabilities`, `classes`, `names`, `paths`, `num_windows`.
+           embed/predict claim `--out` (`<out>.lock`: a second run on it stops)
+           and save finished files in `<out>.parts/` as they go; an interrupted
+           run keeps them and `--resume` finishes it (see `cli_stream`).
   explain  per record `<name>.npz` (per-patch relevance per class and lead,
            probabilities, pooler attention) and `<name>_<class>.png`.
 """

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 from typing import Callable
 
 PROG = 'jepa-ecg'
@@ -146,25 +147,32 @@ def _streaming_command(run: Callable[[argparse.Namespace], int]):
             outputs.output_format(args.out)
         except ValueError as e:
             raise CliError(str(e)) from None
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        # Signal handlers can only be set from the main thread (library callers may differ).
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
         try:
             with outputs.claim(args.out):
                 return run(args)
         except outputs.OutputError as e:
             raise RunError(str(e)) from None
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
     command.__doc__ = run.__doc__
     return command
 
 
-def _finish(parts, paths, result, write: Callable) -> None:
-    """Merges the parts, writes `--out` with `write(merged)`, removes the parts."""
+def _finish(parts, paths, write: Callable) -> bool:
+    """Merges the parts, writes `--out` with `write(merged)`, removes the parts.
+
+    Returns:
+      whether `--out` was written (not when no record went through).
+    """
     merged = parts.merge(paths)
     if len(merged.names):
         write(merged)
     parts.remove()
-    result.total = len(merged.names)
+    return bool(len(merged.names))
 
 
 def _report(verb: str, result, out: str | None, resumed: int = 0) -> int:
@@ -175,7 +183,7 @@ def _report(verb: str, result, out: str | None, resumed: int = 0) -> int:
         msg += f'; {resumed} files done before kept'
     if result.failed:
         msg += f'; {len(result.failed)} failed'
-    if out and getattr(result, 'total', n):
+    if out:
         msg += f' -> {out}'
     print(msg, flush=True)
     if result.failed:
@@ -232,9 +240,9 @@ def _embed(args: argparse.Namespace) -> int:
     result, parts, paths, resumed = _stream(
         args, enc, windows, enc.window_embeddings, (2, enc.dim),
         _run_options(args, window=length, stride=stride))
-    _finish(parts, paths, result, lambda merged: outputs.write_embeddings(
+    written = _finish(parts, paths, lambda merged: outputs.write_embeddings(
         args.out, merged, registers=bool(enc.config.num_registers), info=info))
-    return _report('embedded', result, args.out, resumed)
+    return _report('embedded', result, args.out if written else None, resumed)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -257,9 +265,9 @@ def _predict(args: argparse.Namespace) -> int:
         args, enc, windows, clf.window_logits, (len(clf.class_names),),
         _run_options(args, task=args.task, classes=list(clf.class_names)))
     # Logits averaged over a record's windows, then sigmoid/softmax (as in evaluation).
-    _finish(parts, paths, result, lambda merged: outputs.write_predictions(
+    written = _finish(parts, paths, lambda merged: outputs.write_predictions(
         args.out, merged, clf.probabilities(merged.outputs), clf.class_names))
-    return _report('predicted', result, args.out, resumed)
+    return _report('predicted', result, args.out if written else None, resumed)
 
 
 cmd_embed = _streaming_command(_embed)

@@ -41,12 +41,30 @@ def ecg(seconds, fs=FS, seed=0):
 
 
 def write_records(folder, count, seconds):
-    """`count` NPZ records (rate and leads inside) of `seconds` each; returns their paths."""
+    """`count` records of `seconds` each, in turn NPZ, WFDB, NPY and CSV; returns their paths.
+
+    NPY and CSV need `--fs 100 --leads I,...` (NPZ and WFDB say so themselves).
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    paths = []
     for i in range(count):
-        np.savez(folder / f'r{i:03d}.npz', signal=ecg(seconds, seed=i), fs=FS,
-                 leads=np.asarray(LEADS))
-    return sorted(str(p) for p in folder.iterdir())
+        sig, name = ecg(seconds, seed=i), f'r{i:03d}'
+        if i % 4 == 0:
+            np.savez(folder / f'{name}.npz', signal=sig, fs=FS, leads=np.asarray(LEADS))
+            paths.append(folder / f'{name}.npz')
+        elif i % 4 == 1:
+            wfdb.wrsamp(name, fs=FS, units=['mV'] * 12, sig_name=list(LEADS),
+                        p_signal=sig.astype(np.float64), fmt=['16'] * 12,
+                        adc_gain=[10000.0] * 12, baseline=[0] * 12, write_dir=str(folder))
+            paths.append(folder / f'{name}.hea')
+        elif i % 4 == 2:
+            np.save(folder / f'{name}.npy', sig)
+            paths.append(folder / f'{name}.npy')
+        else:
+            np.savetxt(folder / f'{name}.csv', sig, delimiter=',', fmt='%.6f',
+                       header=','.join(LEADS), comments='')
+            paths.append(folder / f'{name}.csv')
+    return [str(p) for p in paths]
 
 
 def run_cli(args, capsys):
@@ -76,7 +94,8 @@ def assert_same_embeddings(a, b):
 def test_interrupted_embed_keeps_parts_and_resumes(tmp_path, encoder_dir, capsys, sig):
     paths = write_records(tmp_path / 'in', 24, seconds=120)
     args = ['embed', tmp_path / 'in', '--checkpoint', encoder_dir, '--stride-seconds', 0.25,
-            '--batch-size', 8, '--workers', 1, '--save-every', 1, '--quiet']
+            '--batch-size', 8, '--workers', 1, '--save-every', 1, '--quiet', '--fs', FS,
+            '--leads', ','.join(LEADS)]
     clean = tmp_path / 'clean.npz'
     code, _, stderr = run_cli(args + ['--out', clean], capsys)
     assert code == 0, stderr
@@ -142,7 +161,8 @@ def test_second_run_on_the_same_out_stops_at_once(tmp_path, encoder_dir, capsys)
 
 def test_output_format_follows_the_extension(tmp_path, encoder_dir, capsys):
     paths = write_records(tmp_path / 'in', 3, seconds=12)
-    args = ['embed', tmp_path / 'in', '--checkpoint', encoder_dir, '--quiet', '--out']
+    args = ['embed', tmp_path / 'in', '--checkpoint', encoder_dir, '--quiet', '--fs', FS,
+            '--leads', ','.join(LEADS), '--out']
     code, _, stderr = run_cli(args + [tmp_path / 'emb.npz'], capsys)
     assert code == 0, stderr
     code, _, stderr = run_cli(args + [tmp_path / 'emb.csv'], capsys)
