@@ -139,7 +139,7 @@ def cmd_export(args: argparse.Namespace) -> int:
               f'task {clf.meta.get("task")}), {clf.encoder!r}')
         if clf.encoder.lead_stats is None:
             err('warning: no normalisation statistics stored; predict will need --stats or '
-                 '--normalize=record')
+                '--normalize=record')
         return 0
     if stats is None:
         stats = runs.workdir_lead_stats(args.workdir, data_dir=args.data_dir)
@@ -155,7 +155,7 @@ def _print_encoder(enc, out: str) -> None:
     print(f'wrote {out} ({size / 1e6:.2f} MB): {enc!r}')
     if enc.lead_stats is None:
         err('warning: no normalisation statistics stored; embed/predict will need '
-             '--normalize=record (or redo this with --stats FILE.json)')
+            '--normalize=record (or redo this with --stats FILE.json)')
     else:
         print(f'normalisation statistics: {enc.lead_stats.source or "given"}')
 

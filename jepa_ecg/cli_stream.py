@@ -106,7 +106,7 @@ def _stream(args: argparse.Namespace, encoder, prepare_windows: Callable, forwar
     todo = [p for p in paths if p not in done]
     if done:
         err(f'resuming: {len(paths) - len(todo)} of {len(paths)} files already done '
-             f'(saved in {parts.dir})')
+            f'(saved in {parts.dir})')
 
     def on_file(path, records, errors):
         parts.add(path, [(item.name, mean, count) for item, mean, count in records], errors)
@@ -155,6 +155,9 @@ def _streaming_command(run: Callable[[argparse.Namespace], int]):
                 return run(args)
         except outputs.OutputError as e:
             raise RunError(str(e)) from None
+        except _Terminated as e:  # before the first file or while writing --out
+            raise RunError(f'interrupted ({e}); any finished files stay in {args.out}.parts: '
+                           f'rerun the same command with --resume') from None
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
@@ -207,7 +210,7 @@ def _list_failures(failed: list[tuple[str, str]], limit: int = 10) -> None:
         err(f'  {len(paths)} x {reason} (e.g. {", ".join(paths[:3])})')
     if len(groups) > limit:
         err(f'  ... and {len(groups) - limit} other reasons '
-             f'({sum(len(v) for _, v in groups[limit:])} files)')
+            f'({sum(len(v) for _, v in groups[limit:])} files)')
 
 
 def need_stats(enc, args: argparse.Namespace, fix: str) -> None:
