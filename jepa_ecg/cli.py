@@ -12,15 +12,21 @@ Inputs of `embed`/`predict` (see `jepa_ecg.ecg.files`): WFDB records (`.hea` wit
 model's), any lead order (matched by name). Records longer than the window
 are cut into overlapping windows whose outputs are averaged; shorter ones are
 an error unless `--pad`. Missing leads are an error listing them unless
-`--fill-missing=zero`. A file that cannot be read is reported by name and
-the others are still processed (exit status 1 when any failed).
+`--fill-missing=zero` (a CSV lead more than half empty/NA counts as missing).
+A file that cannot be read is reported by name and the others are still
+processed (exit status 1 when any failed).
 
-Outputs:
-  embed    NPZ with `mean` (N, dim) patch-token mean, `register` (N, dim)
+Outputs (the format follows the `--out` extension):
+  embed    .npz with `mean` (N, dim) patch-token mean, `register` (N, dim)
            register-token output, `names` and `paths` (N,), `num_windows`
            (N,), `failed` (paths that could not be processed), `encoder`
-           (JSON of the encoder's config and provenance).
-  predict  CSV `record,path,<class 1>,...` with class probabilities.
+           (JSON of the encoder's config and provenance); .csv
+           `record,path,mean_0,...,register_0,...`.
+  predict  .csv `record,path,<class 1>,...` with class probabilities; .npz
+           with `probabilities`, `classes`, `names`, `paths`, `num_windows`.
+           embed/predict claim `--out` (`<out>.lock`: a second run on it stops)
+           and save finished files in `<out>.parts/` as they go; an interrupted
+           run keeps them and `--resume` finishes it (see `cli_stream`).
   explain  per record `<name>.npz` (per-patch relevance per class and lead,
            probabilities, pooler attention) and `<name>_<class>.png`.
 """
@@ -28,29 +34,25 @@ Outputs:
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import sys
-import tempfile
 from typing import Callable, Sequence
-
-import numpy as np
 
 # The commands import jepa_ecg.inference (JAX, Flax, Orbax) in their bodies,
 # so that `jepa-ecg --help` and usage errors answer without loading them.
-PROG = 'jepa-ecg'
+from jepa_ecg.cli_stream import (PROG, CliError, RunError, check_out, err, need_stats,
+                                 stats_override, cmd_embed, cmd_predict)
 # Sampling rates `--fs` accepts: below 50 Hz a QRS complex is not resolved;
 # above 20 kHz is no ECG recorder's rate (a typo, or a time column in ms).
 FS_RANGE = (50.0, 20000.0)
 
 
-class CliError(Exception):
-    """A usage problem reported as one line, exit status 2."""
+class _Parser(argparse.ArgumentParser):
+    """argparse with short usage errors: the problem and where to look, not the usage."""
 
-
-def _err(msg: str) -> None:
-    print(f'{PROG}: {msg}', file=sys.stderr, flush=True)
+    def error(self, message: str):
+        self.exit(2, f'{self.prog}: error: {message}\n'
+                     f'hint: run `{self.prog} --help` for the options\n')
 
 
 # ------------------------------------------------------- option validation
@@ -80,146 +82,16 @@ _SECONDS = _number(float, low=0.0, low_open=True, unit=' s')
 _COUNT = _number(int, low=1)
 
 
-def _check_out(path: str) -> None:
-    """Fails before any work when `--out` cannot be written (creating its folder)."""
-    if os.path.isdir(path):
-        raise CliError(f'--out {path} is a directory; give a file name')
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix='.jepa-ecg-write-test-'):
-            pass
-        if os.path.exists(path) and not os.access(path, os.W_OK):
-            raise PermissionError(f'{path} is read-only')
-    except OSError as e:
-        raise CliError(f'--out {path} cannot be written ({e.strerror or e}); nothing was '
-                       f'processed') from None
-
-
-def _stats_override(args: argparse.Namespace):
-    from jepa_ecg.data import stats as stats_lib  # pylint: disable=g-import-not-at-top
-    return stats_lib.read_lead_stats_file(args.stats, args.stats_source) if args.stats else None
-
-
-# ------------------------------------------------------------ streaming
-def _stream(args: argparse.Namespace, encoder, prepare_windows: Callable, forward: Callable,
-            what: str):
-    """Runs `forward` over every record of `args.files` (see `inference.stream`)."""
-    from jepa_ecg.ecg import files as files_lib  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.inference import stream  # pylint: disable=g-import-not-at-top
-
-    paths = files_lib.find_records(args.files)
-    if not paths:
-        raise CliError(f'no ECG files found in {args.files}')
-    fill = None if args.fill_missing == 'none' else args.fill_missing
-
-    def prepare(signal, fs, leads, name):
-        x = encoder.preprocess(signal, fs, leads, normalize=args.normalize, fill_missing=fill,
-                               highpass_hz=args.highpass, name=name)
-        return prepare_windows(x, name)
-
-    read = stream.ReadOptions(fs=args.fs, leads=files_lib.parse_leads(args.leads),
-                              units=args.units)
-    with stream.Progress(len(paths), what, enabled=not args.quiet,
-                         prefix=f'{PROG}: ') as progress:
-        return stream.stream_files(paths, read=read, prepare=prepare, model_leads=encoder.leads,
-                                   forward=forward, batch_size=args.batch_size,
-                                   workers=args.workers, progress=progress)
-
-
-def _report(verb: str, result, out: str | None) -> int:
-    n = len(result.records)
-    msg = (f'{verb} {n} records ({result.num_windows} windows) in {result.seconds:.1f} s: '
-           f'{n / max(result.seconds, 1e-9):.1f} records/s')
-    if result.failed:
-        msg += f'; {len(result.failed)} failed'
-    if out:
-        msg += f' -> {out}'
-    print(msg, flush=True)
-    if result.failed:
-        _err(f'{len(result.failed)} file(s) failed:')
-        for _, reason in result.failed:
-            _err(f'  {reason}')
-        return 1
-    return 0
-
-
-def _need_stats(enc, args: argparse.Namespace, fix: str) -> None:
-    if args.normalize != 'record' and enc.lead_stats is None:
-        raise CliError(f'{args.checkpoint} carries no normalisation statistics: pass {fix}')
-
-
-# --------------------------------------------------------------- commands
-def cmd_embed(args: argparse.Namespace) -> int:
-    """Per-record embeddings (patch-token mean and register token) as NPZ."""
-    from jepa_ecg.inference import runs  # pylint: disable=g-import-not-at-top
-    _check_out(args.out)
-    enc = runs.load_encoder(args.checkpoint, lead_stats=_stats_override(args))
-    _need_stats(enc, args, '--normalize=record, or re-export / re-import it with --stats')
-    try:
-        enc.window_and_stride(args.window_seconds, args.stride_seconds)
-    except ValueError as e:
-        raise CliError(f'--window-seconds: {e}') from None
-
-    def windows(x, name):
-        return enc.windows(x, window_seconds=args.window_seconds,
-                           stride_seconds=args.stride_seconds, pad=args.pad, name=name)
-
-    result = _stream(args, enc, windows, enc.window_embeddings, 'embed')
-    if not result.records and result.failed:
-        return _report('embedded', result, None)
-    emb = enc.embeddings(result.outputs)
-    info = {'model': enc.config.to_dict(), 'leads': list(enc.leads),
-            'normalize': args.normalize, 'provenance': enc.meta.get('provenance', {}),
-            'checkpoint': os.path.abspath(args.checkpoint)}
-    arrays = dict(mean=emb.mean,
-                  names=np.asarray([r.name for r in result.records], dtype=str),
-                  paths=np.asarray([r.path for r in result.records], dtype=str),
-                  num_windows=emb.num_windows,
-                  failed=np.asarray([p for p, _ in result.failed], dtype=str),
-                  encoder=np.asarray(json.dumps(info)))
-    if emb.register is not None:
-        arrays['register'] = emb.register
-    with open(args.out, 'wb') as f:  # a file object: savez would append '.npz' to the name
-        np.savez(f, **arrays)
-    return _report('embedded', result, args.out if result.records else None)
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    """Class probabilities per record as CSV."""
-    from jepa_ecg.inference import runs  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.inference import stream  # pylint: disable=g-import-not-at-top
-    _check_out(args.out)
-    clf = runs.load_classifier(args.checkpoint, task=args.task,
-                               lead_stats=_stats_override(args))
-    _need_stats(clf.encoder, args, '--stats FILE.json (the fine-tuning train-fold '
-                                   'statistics) or --normalize=record')
-
-    def windows(x, name):
-        return clf.windows(x, pad=args.pad, name=name), 0
-
-    result = _stream(args, clf.encoder, windows, clf.window_logits, 'predict')
-    if result.records:
-        # Logits averaged over a record's windows, then sigmoid/softmax (as in evaluation).
-        probs = clf.probabilities(stream.pool(result.outputs, (len(clf.class_names),)))
-        with open(args.out, 'w', newline='', encoding='utf-8') as f:
-            w = csv.writer(f)
-            w.writerow(['record', 'path'] + clf.class_names)
-            for rec, row in zip(result.records, probs):
-                w.writerow([rec.name, rec.path] + [f'{p:.6f}' for p in row])
-    return _report('predicted', result, args.out if result.records else None)
-
-
 def cmd_explain(args: argparse.Namespace) -> int:
     """Per-record pictures and arrays of each patch's relevance for the classes."""
     from jepa_ecg.ecg import files as files_lib  # pylint: disable=g-import-not-at-top
     from jepa_ecg.inference import explain, runs, stream  # pylint: disable=g-import-not-at-top
     if os.path.isfile(args.out):
         raise CliError(f'--out {args.out} is a file; give a folder for the pictures')
-    _check_out(os.path.join(args.out, 'explain.npz'))
+    check_out(os.path.join(args.out, 'explain.npz'))
     clf = runs.load_classifier(args.checkpoint, task=args.task,
-                               lead_stats=_stats_override(args))
-    _need_stats(clf.encoder, args, '--stats FILE.json or --normalize=record')
+                               lead_stats=stats_override(args))
+    need_stats(clf.encoder, args, '--stats FILE.json or --normalize=record')
     paths = files_lib.find_records(args.files)
     if not paths:
         raise CliError(f'no ECG files found in {args.files}')
@@ -238,7 +110,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
           f'{len(result.written)} files -> {args.out}'
           + (f'; {len(result.failed)} failed' if result.failed else ''), flush=True)
     for _, reason in result.failed:
-        _err(f'  {reason}')
+        err(f'  {reason}')
     return 1 if result.failed else 0
 
 
@@ -248,7 +120,7 @@ def cmd_import_torch(args: argparse.Namespace) -> int:
     try:
         enc = torch_import.import_torch_checkpoint(args.checkpoint, args.out,
                                                    which=args.weights,
-                                                   lead_stats=_stats_override(args))
+                                                   lead_stats=stats_override(args))
     except ImportError as e:
         raise CliError(str(e)) from None
     _print_encoder(enc, args.out)
@@ -258,7 +130,7 @@ def cmd_import_torch(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Pre-training workdir -> encoder directory; fine-tuning run -> classifier directory."""
     from jepa_ecg.inference import runs  # pylint: disable=g-import-not-at-top
-    stats = _stats_override(args)
+    stats = stats_override(args)
     run = runs.find_finetune_run(args.workdir, args.task)
     if run is not None:
         clf = runs.classifier_from_finetune_run(run, lead_stats=stats)
@@ -266,8 +138,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f'wrote {args.out}: classifier of {run} ({len(clf.class_names)} classes, '
               f'task {clf.meta.get("task")}), {clf.encoder!r}')
         if clf.encoder.lead_stats is None:
-            _err('warning: no normalisation statistics stored; predict will need --stats or '
-                 '--normalize=record')
+            err('warning: no normalisation statistics stored; predict will need --stats or '
+                '--normalize=record')
         return 0
     if stats is None:
         stats = runs.workdir_lead_stats(args.workdir, data_dir=args.data_dir)
@@ -282,8 +154,8 @@ def _print_encoder(enc, out: str) -> None:
     size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
     print(f'wrote {out} ({size / 1e6:.2f} MB): {enc!r}')
     if enc.lead_stats is None:
-        _err('warning: no normalisation statistics stored; embed/predict will need '
-             '--normalize=record (or redo this with --stats FILE.json)')
+        err('warning: no normalisation statistics stored; embed/predict will need '
+            '--normalize=record (or redo this with --stats FILE.json)')
     else:
         print(f'normalisation statistics: {enc.lead_stats.source or "given"}')
 
@@ -323,6 +195,15 @@ def _add_input_flags(p: argparse.ArgumentParser,
     _add_stats_flags(p, 'normalisation statistics overriding the stored ones')
 
 
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--resume', action='store_true',
+                   help='finish an interrupted run on the same --out: files saved in '
+                        '<out>.parts are skipped')
+    p.add_argument('--save-every', type=_COUNT, default=500, metavar='N',
+                   help='save finished files to <out>.parts every N files (and at least '
+                        'every minute), so an interrupted run keeps them')
+
+
 def _add_stats_flags(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument('--stats', default=None, metavar='JSON',
                    help=f'{what}: {{"mean": [12], "std": [12]}} (canonical lead order, or '
@@ -333,21 +214,24 @@ def _add_stats_flags(p: argparse.ArgumentParser, what: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `jepa-ecg` argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description='Use ECG-JEPA encoders on your own ECG files.',
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n')[1])
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
 
-    p = sub.add_parser('embed', help='per-record embeddings -> .npz')
+    p = sub.add_parser('embed', help='per-record embeddings -> .npz or .csv')
     _add_input_flags(p)
+    _add_output_flags(p)
     p.add_argument('--window-seconds', type=_SECONDS, default=None,
                    help='window length, > 0 (default: the model\'s pre-training window)')
     p.add_argument('--stride-seconds', type=_SECONDS, default=None,
                    help='hop between windows, > 0 (default: half a window)')
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser('predict', help='class probabilities from a fine-tuned model -> .csv')
+    p = sub.add_parser('predict', help='class probabilities from a fine-tuned model -> '
+                                       '.csv or .npz')
     _add_input_flags(p)
+    _add_output_flags(p)
     p.add_argument('--task', default=None,
                    help='task to use from a fine-tuning workdir holding several')
     p.set_defaults(func=cmd_predict)
@@ -419,8 +303,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (CliError, FileNotFoundError, ValueError) as e:
-        _err(f'error: {e}')
+        err(f'error: {e}')
         return 2
+    except RunError as e:
+        err(f'error: {e}')
+        return 1
+    except KeyboardInterrupt:
+        err('interrupted')
+        return 1
+    except OSError as e:  # e.g. the disk filled up while writing --out
+        err(f'error: {e.filename + ": " if e.filename else ""}{e.strerror or e}')
+        return 1
 
 
 if __name__ == '__main__':

@@ -285,7 +285,7 @@ def test_cli_embed_ptbxl_test_fold(ptbxl_dir, tmp_path, encoder_dir, capsys):
 def test_cli_numbers_out_of_range_are_usage_errors(tmp_path, encoder_dir, capsys, command,
                                                   option, value, allowed):
     write_inputs(tmp_path / 'in', fs_list=(100,))
-    out = tmp_path / 'out'
+    out = tmp_path / 'out.csv'
     code, stdout, stderr = run_cli([command, tmp_path / 'in', '--checkpoint', encoder_dir,
                                     '--out', out, f'{option}={value}', '--quiet'], capsys)
     assert code == 2
@@ -304,10 +304,10 @@ def test_cli_checks_out_before_any_work(tmp_path, encoder_dir, capsys):
     code, stdout, stderr = run_cli(args + [tmp_path], capsys)
     assert code == 2 and 'is a directory' in stderr and 'embedded' not in stdout
     # A new folder is created; the file is written under exactly the name given.
-    code, stdout, stderr = run_cli(args + [tmp_path / 'new' / 'emb'], capsys)
+    code, stdout, stderr = run_cli(args + [tmp_path / 'new' / 'emb.npz'], capsys)
     assert code == 0, stderr
-    assert os.listdir(tmp_path / 'new') == ['emb'] and len(np.load(tmp_path / 'new' / 'emb')
-                                                           ['names']) == 1
+    assert os.listdir(tmp_path / 'new') == ['emb.npz']
+    assert len(np.load(tmp_path / 'new' / 'emb.npz')['names']) == 1
 
 
 def test_cli_misread_arrays_and_text_csvs_fail_once_per_file(tmp_path, encoder_dir, capsys):
@@ -328,17 +328,17 @@ def test_cli_misread_arrays_and_text_csvs_fail_once_per_file(tmp_path, encoder_d
                                '--quiet'], capsys)
     assert code == 1
     assert 'cube.npy' in stderr and '(5000, 12, 1)' in stderr
-    assert 'words.csv' in stderr and 'not numbers' in stderr and "'beat0'" in stderr
+    assert 'words.csv' in stderr and 'not a number' in stderr and "'beat0'" in stderr
     assert 'commas.csv' in stderr and 'decimal commas' in stderr
     z = np.load(out)
     assert len(z['failed']) == 3  # one error per file, not one per misread record
     assert sorted(z['names']) == sorted(paths)
-    # A few unreadable cells are missing samples, interpolated as NaNs are.
+    # Even one text cell is an error naming its row and column.
     with open(tmp_path / 'few.csv', 'w') as f:
         f.write(','.join(LEADS) + '\n')
         for k, row in enumerate(sig):
             f.write(','.join('oops' if k == 7 and i == 2 else f'{v:.5f}'
                              for i, v in enumerate(row)) + '\n')
     from jepa_ecg.ecg import files as files_lib
-    rec = files_lib.read_record(str(tmp_path / 'few.csv'), fs=500)
-    assert np.isnan(rec.signal[7, 2]) and np.isfinite(rec.signal[8]).all()
+    with pytest.raises(files_lib.RecordReadError, match=r"few.csv: row 9, column 'III': 'oops'"):
+        files_lib.read_record(str(tmp_path / 'few.csv'), fs=500)

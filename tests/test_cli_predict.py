@@ -3,6 +3,10 @@
 import csv
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -153,3 +157,42 @@ def test_predict_rejects_an_encoder(tmp_path, capsys):
     code = cli.main(['predict', str(tmp_path / 'in'), '--checkpoint', str(tmp_path / 'enc'),
                      '--out', str(tmp_path / 'p.csv')])
     assert code == 2 and 'not a fine-tuned classifier' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_predict_interrupted_by_sigint_resumes_and_writes_npz(tmp_path, capsys):
+    cfg, _, params = make_params('attentive')
+    clf_dir = tmp_path / 'clf'
+    classifier_lib.save_classifier(str(clf_dir), cfg, params, head='attentive',
+                                   class_names=CLASSES, lead_stats=STATS)
+    write_npz(tmp_path / 'in', signals(12, seconds=40))
+    args = ['predict', str(tmp_path / 'in'), '--checkpoint', str(clf_dir), '--batch-size', '1',
+            '--workers', '1', '--save-every', '1', '--quiet', '--out']
+    assert cli.main(args + [str(tmp_path / 'clean.csv')]) == 0
+    out, parts = tmp_path / 'preds.csv', tmp_path / 'preds.csv.parts'
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, '-m', 'jepa_ecg.cli'] + args + [str(out)],
+                            env=dict(os.environ, PYTHONPATH=root), stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (parts / 'part-00001.npz').exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and 'interrupted (SIGINT)' in stderr, stderr
+    assert 'Traceback' not in stderr and not out.exists()
+    capsys.readouterr()
+    assert cli.main(args + [str(out), '--resume']) == 0, capsys.readouterr().err
+    assert 'resuming: ' in capsys.readouterr().err
+    header, rows = read_csv(out)
+    clean_header, clean_rows = read_csv(tmp_path / 'clean.csv')
+    assert header == clean_header and [r[:2] for r in rows] == [r[:2] for r in clean_rows]
+    got = np.asarray([[float(v) for v in r[2:]] for r in rows])
+    want = np.asarray([[float(v) for v in r[2:]] for r in clean_rows])
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    # .npz holds the same probabilities unrounded.
+    assert cli.main(args + [str(tmp_path / 'preds.npz')]) == 0
+    z = np.load(tmp_path / 'preds.npz')
+    assert list(z['classes']) == CLASSES and list(z['names']) == [r[0] for r in rows]
+    np.testing.assert_allclose(z['probabilities'], want, atol=1e-6)

@@ -60,6 +60,10 @@ class AssumedLeadOrderWarning(UserWarning):
     """An array file did not name its leads; the canonical order was assumed."""
 
 
+class MissingSamplesWarning(UserWarning):
+    """A CSV lead has missing cells (interpolated), or is mostly missing (dropped)."""
+
+
 # Plausible ECG sampling rates (Hz); the CLI's --fs takes the same range.
 FS_RANGE = (50.0, 20000.0)
 
@@ -85,6 +89,7 @@ class Record:
       leads: lead names in storage (column) order.
       assumed_leads: True when the file did not name its leads and the
         canonical order was assumed (NPY/NPZ without lead names).
+      notes: what the reader changed, for the user (e.g. missing CSV cells).
     """
     name: str
     path: str
@@ -92,6 +97,7 @@ class Record:
     fs: float
     leads: list[str]
     assumed_leads: bool = False
+    notes: tuple[str, ...] = ()
 
     @property
     def seconds(self) -> float:
@@ -113,7 +119,18 @@ def find_records(paths: Iterable[str | os.PathLike]) -> list[str]:
     Returns:
       record file paths, duplicates removed, in input order.
     """
+    return scan_records(paths)[0]
+
+
+def scan_records(paths: Iterable[str | os.PathLike]
+                 ) -> tuple[list[str], list[tuple[str, str]]]:
+    """`find_records`, plus the files of folders that were skipped and why.
+
+    Returns:
+      (record file paths, [(skipped path, reason)]).
+    """
     out: list[str] = []
+    skipped: list[tuple[str, str]] = []
     seen: set[str] = set()
 
     def add(p: str) -> None:
@@ -127,11 +144,21 @@ def find_records(paths: Iterable[str | os.PathLike]) -> list[str]:
         if os.path.isdir(path):
             for root, dirs, files in os.walk(path):
                 dirs.sort()
+                names = set(files)
                 for f in sorted(files):
+                    base, suffix = os.path.splitext(f)
                     if f.startswith('.'):
-                        continue
-                    if os.path.splitext(f)[1].lower() in RECORD_SUFFIXES:
+                        skipped.append((os.path.join(root, f), 'hidden files'))
+                    elif suffix.lower() in RECORD_SUFFIXES:
                         add(os.path.join(root, f))
+                    elif suffix.lower() in SIGNAL_SUFFIXES:
+                        if base + '.hea' in names:
+                            continue  # read through its header
+                        skipped.append((os.path.join(root, f), f'{suffix} signal files without '
+                                                              f'a .hea header'))
+                    else:
+                        skipped.append((os.path.join(root, f), f'{suffix or "suffix-less"} '
+                                                              f'files (not an ECG format)'))
             continue
         stem, suffix = os.path.splitext(path)
         if suffix.lower() in SIGNAL_SUFFIXES and os.path.isfile(stem + '.hea'):
@@ -140,7 +167,7 @@ def find_records(paths: Iterable[str | os.PathLike]) -> list[str]:
             add(path + '.hea')  # WFDB-style record name without suffix
         else:
             add(path)
-    return out
+    return out, skipped
 
 
 # --------------------------------------------------------------------- reading
@@ -295,46 +322,54 @@ def _read_csv(path: str, fs: float | None, scale: float) -> Record:
             unit = 1e-3 if 'ms' in names[time_col].lower() else 1.0
             fs = 1.0 / (median * unit)
             fs = float(round(fs, 3))
-    _check_numeric_cells(path, delimiter, names, data, keep)
+    missing = _missing_cells(path, delimiter, names, data, keep)
+    notes = []
+    for j, col in enumerate(keep):
+        count, total = int(missing[:, j].sum()), missing.shape[0]
+        if count * 2 > total:
+            notes.append(f'{path}: lead {names[col]} has {count} of {total} samples missing '
+                         f'(more than half): read as a missing lead')
+        elif count:
+            notes.append(f'{path}: lead {names[col]} has {count} missing samples (of '
+                         f'{total}), interpolated')
+    for note in notes:
+        warnings.warn(note, MissingSamplesWarning, stacklevel=3)
+    # A mostly missing lead is a missing lead: preprocessing (and --fill-missing) decides.
+    keep = [c for j, c in enumerate(keep) if missing[:, j].sum() * 2 <= missing.shape[0]]
+    if not keep:
+        raise RecordReadError(path, 'every lead is more than half missing')
     signal = (data[:, keep] * scale).astype(np.float32)
     leads = [names[i] for i in keep]
     _check_signal(path, signal, leads, fs)
-    return Record(_stem(path), path, signal, float(fs), leads)
+    return Record(_stem(path), path, signal, float(fs), leads, notes=tuple(notes))
 
 
-def _check_numeric_cells(path: str, delimiter: str, names: Sequence[str], data: np.ndarray,
-                         keep: Sequence[int]) -> None:
-    """Raises when the signal columns are mostly text rather than numbers.
+def _missing_cells(path: str, delimiter: str, names: Sequence[str], data: np.ndarray,
+                   keep: Sequence[int]) -> np.ndarray:
+    """(rows, len(keep)) bool: the signal cells that are missing-sample markers.
 
-    The numeric parse turns text into NaN, like a missing sample; a column of
-    words (or of decimal commas) would then become an all-NaN or interpolated
-    lead. A few unreadable cells stay NaN (interpolated later); a lead column,
-    or the whole table, that is mostly text is an error naming the file.
+    The numeric parse turns text into NaN, like a missing sample; this tells
+    them apart: a cell that is neither a number nor a marker (empty, nan, NA,
+    n/a, -, ...) is an error naming its row and column.
     """
     nan = np.isnan(data[:, keep])
     if not nan.any():
-        return
+        return nan
     with open(path, newline='', encoding='utf-8-sig', errors='replace') as f:
-        rows = [r for r in csv.reader(f, delimiter=delimiter) if any(c.strip() for c in r)][1:]
-    text = np.zeros(nan.shape, bool)
-    example = None
-    for i, row in enumerate(rows[:nan.shape[0]]):
-        for j in np.flatnonzero(nan[i]):
-            col = keep[j]
-            cell = row[col].strip() if col < len(row) else ''
-            if cell and cell.lower() not in _MISSING_CELLS and not _is_number(cell):
-                text[i, j] = True
-                example = example or (cell, names[col], i + 2)
-    mostly_text = [names[c] for j, c in enumerate(keep)
-                   if canonical_lead_name(names[c]) and text[:, j].mean() > 0.5]
-    if example is None or (text.mean() <= 0.5 and not mostly_text):
-        return
-    cell, column, line = example
-    hint = ('; decimal commas? write 0.5, not 0,5' if re.fullmatch(r'[-+]?\d+,\d+', cell)
-            else '')
-    raise RecordReadError(path, f'{int(text.sum())} of {text.size} signal cells are not '
-                                f'numbers (e.g. {cell!r} in column {column!r}, line {line})'
-                                f'{hint}; want one numeric column per lead')
+        reader = csv.reader(f, delimiter=delimiter)
+        # The rows genfromtxt keeps: all but blank lines.
+        rows = [(reader.line_num, r) for r in reader if ''.join(r).strip() or len(r) > 1][1:]
+    for i, j in zip(*np.nonzero(nan)):
+        line, row = rows[i]
+        col = keep[j]
+        cell = row[col].strip() if col < len(row) else ''
+        if cell and cell.lower() not in _MISSING_CELLS and not _is_number(cell):
+            hint = ('; decimal commas? write 0.5, not 0,5'
+                    if re.fullmatch(r'[-+]?\d+,\d+', cell) else '')
+            raise RecordReadError(path, f'row {line}, column {names[col]!r}: {cell!r} is not a '
+                                        f'number (nor a missing-sample marker: empty, nan, NA, '
+                                        f'n/a, -){hint}')
+    return nan
 
 
 def _is_number(text: str) -> bool:
