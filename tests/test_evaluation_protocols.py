@@ -15,7 +15,6 @@ import pytest
 from conftest import REPO
 from experiments.configs.finetune import PROTOCOLS, get_config
 from jepa_ecg.data import ptbxl as data
-from jepa_ecg.ecg import transforms
 from jepa_ecg.evaluation import metrics, plots
 from jepa_ecg.inference import resolve
 from jepa_ecg.models import ModelConfig, model_config
@@ -51,7 +50,7 @@ def _source():
 
 def _windows(signals, crop=250, stride=125):
     """(R, T, L) records -> (R * W, crop, L) windows, records contiguous."""
-    w = np.stack([transforms.sliding_windows(x, crop, stride) for x in signals])
+    w = np.stack([data.eval_windows(x, crop, stride) for x in signals])
     return w.reshape((-1,) + w.shape[2:])
 
 

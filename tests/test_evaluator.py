@@ -6,7 +6,6 @@ import pytest
 
 from jepa_ecg import sharding
 from jepa_ecg.data import ptbxl as data
-from jepa_ecg.ecg import transforms
 from jepa_ecg.evaluation import metrics
 from jepa_ecg.evaluation.evaluator import Evaluator
 
@@ -38,7 +37,7 @@ def test_evaluator_averages_logits_per_record_over_devices():
     assert ev.windows_per_record == 7
     assert ev.records_per_batch % 4 == 0  # 7 windows per record: records must split 4 ways
     got = ev.logits(np.float32(1.0), 'test')
-    w = np.stack([transforms.sliding_windows(x, 250, 125) for x in task.records('test')])
+    w = np.stack([data.eval_windows(x, 250, 125) for x in task.records('test')])
     np.testing.assert_allclose(got[:, 0], w.mean(axis=(2, 3)).mean(axis=1), rtol=1e-5,
                                atol=1e-6)
     assert got.shape == (11, 1)

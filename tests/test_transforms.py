@@ -107,37 +107,37 @@ def test_normalize_and_clip():
     assert c[0, 0] == 5 and c[1, 1] == -5
 
 
-def test_random_crop():
-    sig = np.arange(100 * 12, dtype=np.float32).reshape(100, 12)
-    starts = set()
-    for seed in range(30):
-        crop = transforms.random_crop(sig, 40, np.random.default_rng(seed))
-        assert crop.shape == (40, 12)
-        start = int(crop[0, 0] // 12)
-        np.testing.assert_array_equal(crop, sig[start:start + 40])
-        starts.add(start)
-    assert len(starts) > 5
-    a = transforms.random_crop(sig, 40, np.random.default_rng(7))
-    b = transforms.random_crop(sig, 40, np.random.default_rng(7))
-    np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(transforms.random_crop(sig, 100, np.random.default_rng(0)), sig)
-    with pytest.raises(ValueError):
-        transforms.random_crop(sig, 101, np.random.default_rng(0))
+def test_window_start_gives_every_start_the_same_share():
+    # Positions on a fine uniform grid hit each start 0..T-length equally often.
+    n, length = 100, 40
+    positions = (np.arange(61 * 1000) + 0.5) / (61 * 1000)
+    starts = np.array([transforms.window_start(n, length, u) for u in positions])
+    assert starts.min() == 0 and starts.max() == n - length
+    np.testing.assert_array_equal(np.bincount(starts), np.full(n - length + 1, 1000))
+    assert transforms.window_start(length, length, 0.999) == 0
+    with pytest.raises(ValueError, match='shorter than the window'):
+        transforms.window_start(39, length, 0.0)
 
 
-@pytest.mark.parametrize('n,length,stride', [(5000, 2500, 1250), (5000, 5000, 1),
-                                             (5001, 1000, 333), (999, 1000, 10),
-                                             (10, 3, 4)])
-def test_sliding_windows(n, length, stride):
+@pytest.mark.parametrize('n,length,stride,expected', [
+    (5000, 2500, 1250, [0, 1250, 2500]),      # strides reach the end
+    (1000, 250, 125, [0, 125, 250, 375, 500, 625, 750]),  # PTB-XL evaluation: 7 windows
+    (5001, 1000, 333, [0, 333, 666, 999, 1332, 1665, 1998, 2331, 2664, 2997, 3330, 3663,
+                       3996, 4001]),          # plus one aligned to the end
+    (999, 1000, 10, [0]),                     # shorter: one window (padded by the caller)
+    (10, 3, 4, [0, 4, 7])])
+def test_window_starts_and_cut_windows(n, length, stride, expected):
+    np.testing.assert_array_equal(transforms.window_starts(n, length, stride), expected)
     sig = np.random.default_rng(4).normal(size=(n, 12)).astype(np.float32)
-    win = transforms.sliding_windows(sig, length, stride)
-    expected = 0 if n < length else (n - length) // stride + 1
-    assert win.shape == (expected, length, 12)
-    assert transforms.num_windows(n, length, stride) == expected
-    for i in range(expected):
-        np.testing.assert_array_equal(win[i], sig[i * stride:i * stride + length])
+    starts = [s for s in expected if s + length <= n]
+    win = transforms.cut_windows(sig, length, starts)
+    assert win.shape == (len(starts), length, 12)
+    for w, s in zip(win, starts):
+        np.testing.assert_array_equal(w, sig[s:s + length])
 
 
-def test_sliding_windows_rejects_bad_arguments():
+def test_window_starts_rejects_bad_arguments():
     with pytest.raises(ValueError):
-        transforms.sliding_windows(np.zeros((10, 12)), 0, 1)
+        transforms.window_starts(10, 0, 1)
+    with pytest.raises(ValueError):
+        transforms.window_starts(10, 3, 0)

@@ -218,7 +218,7 @@ def _cut_window(x: np.ndarray, fs: float, target_fs: float, window: Window,
     if float(fs) == float(target_fs):
         if n < length:
             raise _too_short(n, fs, length, target_fs, name)
-        start = min(int(window.position * (n - length + 1)), n - length)
+        start = transforms.window_start(n, length, window.position)
         if not highpass_hz:
             return fill_nans(x[start:start + length])
         margin = int(math.ceil(margin_seconds * fs))
@@ -228,7 +228,7 @@ def _cut_window(x: np.ndarray, fs: float, target_fs: float, window: Window,
     n_out = transforms.resampled_length(n, fs, target_fs)
     if n_out < length:
         raise _too_short(n, fs, length, target_fs, name)
-    start_out = min(int(window.position * (n_out - length + 1)), n_out - length)
+    start_out = transforms.window_start(n_out, length, window.position)
     # target_fs / fs = p / q in lowest terms: a segment that starts at a
     # multiple of q input samples and is a multiple of q long maps onto whole
     # output samples, so its resampled grid coincides with the whole record's

@@ -94,7 +94,8 @@ def check_patch_multiple(length: int, patch_size: int, what: str) -> None:
 
 def eval_windows(record: np.ndarray, crop: int, stride: int) -> np.ndarray:
     """Every evaluation window of one record: (T, L) -> (W, crop, L)."""
-    return transforms.sliding_windows(record, crop, stride)
+    return transforms.cut_windows(record, crop,
+                                  transforms.window_starts(len(record), crop, stride))
 
 
 def average_window_logits(logits: np.ndarray, num_records: int) -> np.ndarray:

@@ -129,56 +129,39 @@ def clip(signal: np.ndarray, low: float = -5.0, high: float = 5.0) -> np.ndarray
     return np.clip(signal, low, high)
 
 
-def random_crop(signal: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
-    """A uniformly placed window of `length` samples (a view, not a copy).
+def window_start(num_samples: int, length: int, position: float) -> int:
+    """The start of the window at `position` in [0, 1) among all possible starts.
 
-    Args:
-      signal: (T, L) array with T >= length.
-      length: window length in samples.
-      rng: numpy Generator.
-
-    Returns:
-      (length, L) view into `signal`.
-
-    Raises:
-      ValueError: when the signal is shorter than `length`.
+    Position u picks start floor(u * (T - length + 1)), so a uniform u gives
+    every start 0..T-length the same chance (the training crops).
     """
-    n = signal.shape[0]
-    if n < length:
-        raise ValueError(f'signal of {n} samples is shorter than the crop ({length})')
-    start = int(rng.integers(0, n - length + 1))
-    return signal[start:start + length]
-
-
-def num_windows(num_samples: int, length: int, stride: int) -> int:
-    """How many full windows `sliding_windows` returns."""
     if num_samples < length:
-        return 0
-    return (num_samples - length) // stride + 1
+        raise ValueError(f'signal of {num_samples} samples is shorter than the window '
+                         f'({length})')
+    return min(int(position * (num_samples - length + 1)), num_samples - length)
 
 
-def sliding_windows(signal: np.ndarray, length: int, stride: int) -> np.ndarray:
-    """Full windows of `length` samples every `stride` samples (a strided view).
+def window_starts(num_samples: int, length: int, stride: int) -> np.ndarray:
+    """Starts of a record's strided windows: every `stride`, plus one aligned
+    to its end when the strides do not reach it (so the tail is seen too).
 
-    A tail shorter than `length` after the last full window is dropped.
-
-    Args:
-      signal: (T, L) array.
-      length: window length in samples.
-      stride: hop between window starts in samples.
-
-    Returns:
-      (num_windows, length, L) read-only view; num_windows =
-      (T - length) // stride + 1, or 0 when T < length.
+    The one rule for evaluation windows and inference; a record shorter than
+    `length` gets one window at 0 (the caller pads it).
     """
     if length <= 0 or stride <= 0:
         raise ValueError(f'length ({length}) and stride ({stride}) must be positive')
-    count = num_windows(signal.shape[0], length, stride)
-    if count == 0:
-        return np.zeros((0, length) + signal.shape[1:], signal.dtype)
-    windows = np.lib.stride_tricks.sliding_window_view(signal, length, axis=0)
-    # sliding_window_view puts the window axis last: (T-length+1, L, length).
-    return np.moveaxis(windows[::stride][:count], -1, 1)
+    if num_samples <= length:
+        return np.zeros(1, np.int64)
+    starts = np.arange(0, num_samples - length + 1, stride, dtype=np.int64)
+    if (num_samples - length) % stride:
+        starts = np.append(starts, num_samples - length)
+    return starts
+
+
+def cut_windows(signal: np.ndarray, length: int, starts: np.ndarray) -> np.ndarray:
+    """(T, L) -> (len(starts), length, L): the windows at `starts` (a copy)."""
+    idx = np.asarray(starts, np.int64)[:, None] + np.arange(length)
+    return signal[idx]
 
 
 def samples(fs: float, seconds: float) -> int:

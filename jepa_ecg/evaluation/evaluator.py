@@ -53,10 +53,10 @@ class Evaluator:
             batch's windows split evenly over the devices.
         """
         self.task, self.mesh, self.crop, self.stride = task, mesh, crop, stride
-        self.windows_per_record = transforms.num_windows(task.num_samples, crop, stride)
-        if self.windows_per_record < 1:
+        if task.num_samples < crop:
             raise ValueError(f'records of {task.num_samples} samples are shorter than the '
                              f'{crop}-sample crop')
+        self.windows_per_record = len(transforms.window_starts(task.num_samples, crop, stride))
         # Windows per batch must split evenly over the devices (hence also
         # over the processes, which hold equal numbers of devices).
         n_dev = mesh.devices.size

@@ -35,6 +35,7 @@ import numpy as np
 
 from jepa_ecg.data.preprocess import MissingLeadsWarning
 from jepa_ecg.ecg import files as files_lib
+from jepa_ecg.ecg import transforms
 from jepa_ecg.inference import stream
 from jepa_ecg.models import build_encoder
 from jepa_ecg.models.classifier import build_classifier
@@ -88,16 +89,6 @@ class Explanation:
         if self.attention is not None:
             out['attention'] = self.attention
         return out
-
-
-def window_starts(num_samples: int, length: int, stride: int) -> list[int]:
-    """Start samples of `stream.cut_windows`' windows of a record (same order)."""
-    if num_samples <= length:
-        return [0]
-    starts = list(range(0, num_samples - length + 1, stride))
-    if (num_samples - length) % stride:
-        starts.append(num_samples - length)
-    return starts
 
 
 def _overlap_add(per_window: np.ndarray, starts: Sequence[int], num_samples: int
@@ -184,7 +175,7 @@ class Explainer:
         """
         clf, p = self.clf, self.clf.config.patch_size
         windows = clf.windows(x, pad=pad, name=name)
-        starts = window_starts(len(x), self.length, self.stride)
+        starts = transforms.window_starts(len(x), self.length, self.stride)
         logits = clf.window_logits(windows).astype(np.float64).mean(axis=0, keepdims=True)
         prob = clf.probabilities(logits)[0]
         order = np.argsort(-prob, kind='stable')

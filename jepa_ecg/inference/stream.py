@@ -31,9 +31,10 @@ from jepa_ecg.data.preprocess import MissingLeadsWarning
 from jepa_ecg.ecg import files as files_lib
 from jepa_ecg.ecg.leads import missing_leads
 # The windowing half of the path, importable from here as before.
+from jepa_ecg.ecg.transforms import window_starts  # noqa: F401
 from jepa_ecg.inference.windows import (Forward, LazyWindows, WindowBatcher,  # noqa: F401
                                         cut_windows, lazy_windows, pad_batch, pool,
-                                        seconds_to_samples, window_starts)
+                                        seconds_to_samples)
 
 
 # ------------------------------------------------------------------ files

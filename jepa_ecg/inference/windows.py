@@ -51,22 +51,6 @@ def seconds_to_samples(fs: float, seconds: float | None) -> int | None:
     return max(1, transforms.samples(fs, seconds))
 
 
-def window_starts(num_samples: int, length: int, stride: int) -> np.ndarray:
-    """Start samples of a record's windows: every `stride`, plus one aligned to its end.
-
-    A record whose length is not a whole number of strides past the first
-    window gets that last window so its tail is seen too.
-    """
-    if length <= 0 or stride <= 0:
-        raise ValueError(f'length ({length}) and stride ({stride}) must be positive')
-    if num_samples <= length:
-        return np.zeros(1, np.int64)
-    starts = np.arange(0, num_samples - length + 1, stride, dtype=np.int64)
-    if (num_samples - length) % stride:
-        starts = np.append(starts, num_samples - length)
-    return starts
-
-
 class LazyWindows:
     """The windows of one record, copied out of it only when read.
 
@@ -117,7 +101,8 @@ def lazy_windows(x: np.ndarray, *, length: int, stride: int, patch_size: int, fs
         out = np.zeros((1, length, x.shape[1]), np.float32)
         out[0, :t] = x
         return out, min(max(1, -(-t // patch_size)), length // patch_size)
-    return LazyWindows(x, window_starts(t, length, stride), length), length // patch_size
+    return (LazyWindows(x, transforms.window_starts(t, length, stride), length),
+            length // patch_size)
 
 
 def cut_windows(x: np.ndarray, *, length: int, stride: int, patch_size: int, fs: float,
