@@ -89,7 +89,7 @@ def _window_means(rows: list, losses: list, side: str) -> None:
 def _weights_from(side, cfg) -> tuple[dict, dict]:
     """The PyTorch side's (online encoder + predictor, target encoder) in our layout."""
     sd = {k: v.detach().numpy() for k, v in side.model.state_dict().items()}
-    return torch_import.convert_online_state(sd, cfg), torch_import.convert_target_state(sd, cfg)
+    return torch_import.convert_context_state(sd, cfg), torch_import.convert_target_state(sd, cfg)
 
 
 class PairCheckpoints:

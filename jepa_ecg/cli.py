@@ -119,7 +119,7 @@ def cmd_import_torch(args: argparse.Namespace) -> int:
     from jepa_ecg.inference import torch_import  # pylint: disable=g-import-not-at-top
     try:
         enc = torch_import.import_torch_checkpoint(args.checkpoint, args.out,
-                                                   which=args.weights,
+                                                   weights=args.weights,
                                                    lead_stats=stats_override(args))
     except ImportError as e:
         raise CliError(str(e)) from None
@@ -143,9 +143,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     if stats is None:
         stats = runs.workdir_lead_stats(args.workdir, data_dir=args.data_dir)
-    which = 'params' if args.weights == 'context' else 'target_params'
     enc = runs.export_encoder(args.workdir, args.out, step=args.step, lead_stats=stats,
-                              which=which)
+                              weights=args.weights)
     _print_encoder(enc, args.out)
     return 0
 
@@ -157,7 +156,7 @@ def _print_encoder(enc, out: str) -> None:
         err('warning: no normalisation statistics stored; embed/predict will need '
             '--normalize=record (or redo this with --stats FILE.json)')
     else:
-        print(f'normalisation statistics: {enc.lead_stats.source or "given"}')
+        print(f'normalisation statistics: {enc.lead_stats.source or "from --stats"}')
 
 
 # ------------------------------------------------------------------- parser
@@ -176,10 +175,10 @@ def _add_input_flags(p: argparse.ArgumentParser,
     p.add_argument('--leads', default=None,
                    help='comma-separated lead names of NPY/NPZ columns, e.g. I,II,III,aVR,...')
     p.add_argument('--units', default='mV', help='units of CSV/NPY/NPZ values: mV, uV or V')
-    p.add_argument('--normalize', choices=('given', 'stored', 'record'), default='given',
+    p.add_argument('--normalize', choices=('stats', 'record'), default='stats',
                    help='per-lead z-score with the statistics stored with the model or '
-                        'given by --stats (given, default; "stored" is the same) or with '
-                        'each record\'s own mean/std (record)')
+                        'given by --stats (stats, default) or with each record\'s own '
+                        'mean/std (record)')
     p.add_argument('--fill-missing', choices=('none', 'zero'), default='none',
                    help='missing leads: error (none, default) or zeros with a warning')
     p.add_argument('--pad', action='store_true',
@@ -254,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help='official ECG-JEPA PyTorch checkpoint -> encoder directory')
     p.add_argument('checkpoint', help='.pt file (full pre-training or minified)')
     p.add_argument('--out', required=True, help='output encoder directory')
-    p.add_argument('--weights', choices=('target_encoder', 'encoder'),
-                   default='target_encoder', help='which encoder of a full checkpoint')
+    p.add_argument('--weights', choices=('target', 'context'), default='target',
+                   help='EMA target encoder (default) or context encoder of a full checkpoint')
     _add_stats_flags(p, 'normalisation statistics to store')
     p.set_defaults(func=cmd_import_torch)
 

@@ -52,7 +52,7 @@ def test_export_writes_a_small_self_contained_encoder(pretrain_workdir, tmp_path
     assert 'wrote' in capsys.readouterr().out
     assert sorted(os.listdir(out)) == ['encoder.json', 'params.msgpack']
     doc = json.loads((out / 'encoder.json').read_text())
-    assert doc['provenance']['step'] == 7 and doc['provenance']['weights'] == 'target_params'
+    assert doc['provenance']['step'] == 7 and doc['provenance']['weights'] == 'target'
     assert doc['lead_stats']['source'] == 'unit test'
     enc = jepa_ecg.load_encoder(str(out))
     assert enc.config == cfg

@@ -79,7 +79,7 @@ def _our_batch(micro: list, bucket: int) -> dict:
             'predict_mask': masked}
 
 
-_to_ours = torch_import.convert_online_state
+_to_ours = torch_import.convert_context_state
 _target_to_ours = torch_import.convert_target_state
 
 

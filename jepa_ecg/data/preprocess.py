@@ -37,7 +37,7 @@ from jepa_ecg.ecg.leads import LEADS, canonical_lead_name, lead_permutation, mis
 # signal's std, FFT resampling's ringing ~2 s.
 HIGHPASS_MARGIN_SECONDS = 5.0
 RESAMPLE_MARGIN_SECONDS = 2.0
-NORMALIZE_MODES = ('given', 'record')
+NORMALIZE_MODES = ('stats', 'record')
 
 
 class MissingLeadsWarning(UserWarning):
@@ -73,7 +73,7 @@ class Window:
 
 def preprocess(signal: np.ndarray, fs: float, leads: Sequence[str], *, target_fs: float,
                stats: LeadStats | None, model_leads: Sequence[str] = LEADS,
-               normalize: str = 'given', highpass_hz: float | None = None,
+               normalize: str = 'stats', highpass_hz: float | None = None,
                fill_missing: str | None = None, window: Window | None = None,
                clip: float = CLIP, name: str | None = None,
                out: np.ndarray | None = None, finite: bool = False) -> np.ndarray:
@@ -84,9 +84,9 @@ def preprocess(signal: np.ndarray, fs: float, leads: Sequence[str], *, target_fs
       fs: its sampling rate (Hz).
       leads: its lead names (any order, case-insensitive; extra leads ignored).
       target_fs: the model's sampling rate (Hz).
-      stats: per-lead statistics in `model_leads` order ('given' mode).
+      stats: per-lead statistics in `model_leads` order ('stats' mode).
       model_leads: the model's input leads, in order.
-      normalize: 'given' (`stats`) or 'record' (the record's own per-lead
+      normalize: 'stats' (standardise with `stats`) or 'record' (the record's own per-lead
         mean/std, after resampling).
       highpass_hz: zero-phase Butterworth high-pass cut-off, or None.
       fill_missing: None (missing leads raise MissingLeadsError) or 'zero'
@@ -117,7 +117,7 @@ def preprocess(signal: np.ndarray, fs: float, leads: Sequence[str], *, target_fs
                          f'match {len(leads)} lead names {list(leads)}')
     if normalize not in NORMALIZE_MODES:
         raise ValueError(f'normalize must be one of {NORMALIZE_MODES}, got {normalize!r}')
-    if normalize == 'given' and stats is None:
+    if normalize == 'stats' and stats is None:
         raise ValueError('no lead statistics given: pass stats or normalize="record"')
     if fill_missing not in (None, 'none', 'zero'):
         raise ValueError(f'fill_missing must be None or "zero", got {fill_missing!r}')
@@ -132,7 +132,7 @@ def preprocess(signal: np.ndarray, fs: float, leads: Sequence[str], *, target_fs
     present = fill_nans.present
     complete = len(present) == len(model_leads)
     idx = None if complete else [model_leads.index(t) for t in present]
-    if normalize == 'given':
+    if normalize == 'stats':
         lead_stats = stats if complete else stats.select(idx)
     else:
         std = x.std(axis=0)

@@ -402,7 +402,8 @@ def load_task(task: str, *, fs: float, data_dir: str | None = None,
     """
     if task not in TASKS:
         raise ValueError(f'unknown task {task!r}; choose from {TASKS}')
-    builder = _built_builder(builder_name or choose_builder(fs, data_dir), data_dir)
+    builder_name = builder_name or choose_builder(fs, data_dir)
+    builder = _built_builder(builder_name, data_dir)
     source_task = SOURCE_TASK[task]
     classes = list(builder.info.metadata['classes'][source_task])
     limit = f'[:{int(max_records_per_fold)}]' if max_records_per_fold else ''

@@ -52,16 +52,14 @@ from jepa_ecg.models.config import ModelConfig
 FORMAT = 'jepa_ecg.encoder'
 VERSION = 1
 CONFIG_FILE = 'encoder.json'
-# 'stored' is the name the encoder API and CLI used for 'given' before
-# preprocessing was shared; both are accepted.
-NORMALIZE_MODES = ('given', 'stored', 'record')
+NORMALIZE_MODES = ('stats', 'record')
 
 
 def normalize_mode(normalize: str) -> str:
-    """The `preprocess` mode of an encoder-level `normalize` ('stored' -> 'given')."""
+    """Checks an encoder-level `normalize` ('stats' or 'record')."""
     if normalize not in NORMALIZE_MODES:
         raise ValueError(f'normalize must be one of {NORMALIZE_MODES}, got {normalize!r}')
-    return 'given' if normalize == 'stored' else normalize
+    return normalize
 
 
 @dataclasses.dataclass
@@ -204,7 +202,7 @@ class Encoder:
 
     # --------------------------------------------------------- preprocessing
     def preprocess(self, signal: np.ndarray, fs: float, leads: Sequence[str], *,
-                   normalize: str = 'given', fill_missing: str | None = None,
+                   normalize: str = 'stats', fill_missing: str | None = None,
                    highpass_hz: float | None = None, name: str | None = None) -> np.ndarray:
         """Raw record -> normalised (T', leads) float32 at the model's rate and lead order.
 
@@ -215,7 +213,7 @@ class Encoder:
           signal: (T, L) raw signal (mV), columns named by `leads`.
           fs: its sampling rate (Hz).
           leads: its lead names (any order, case-insensitive; extra leads ignored).
-          normalize: 'given' (alias 'stored': the encoder's per-lead
+          normalize: 'stats' (the encoder's per-lead
             statistics) or 'record' (the record's own per-lead mean/std).
           fill_missing: None (missing leads raise MissingLeadsError) or
             'zero' (missing leads become 0 after normalisation, with a warning).
@@ -227,7 +225,7 @@ class Encoder:
           (round(T * model_fs / fs), num_leads) float32, clipped to [-5, 5].
         """
         mode = normalize_mode(normalize)
-        if mode == 'given' and self.lead_stats is None:
+        if mode == 'stats' and self.lead_stats is None:
             raise ValueError('this encoder carries no lead statistics: use '
                              'normalize="record" (CLI: --normalize=record)')
         return preprocess(signal, fs, leads, target_fs=self.fs, stats=self.lead_stats,
@@ -276,7 +274,7 @@ class Encoder:
                           np.asarray([len(o) for o in outputs], np.int64))
 
     def embed(self, signals, fs: float, leads: Sequence[str], *,
-              normalize: str = 'given', fill_missing: str | None = None,
+              normalize: str = 'stats', fill_missing: str | None = None,
               pad: bool = False, window_seconds: float | None = None,
               stride_seconds: float | None = None, highpass_hz: float | None = None,
               batch_size: int = 64) -> Embeddings:
@@ -287,7 +285,7 @@ class Encoder:
             raw values in mV with columns named by `leads`.
           fs: their sampling rate (Hz), resampled to the model's.
           leads: lead names of the columns (any order; matched by name).
-          normalize: 'given' ('stored') or 'record' (see `preprocess`).
+          normalize: 'stats' or 'record' (see `preprocess`).
           fill_missing: None or 'zero' (see `preprocess`).
           pad: zero-pad records shorter than the window.
           window_seconds: window length; default the model's pre-training window.

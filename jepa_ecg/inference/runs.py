@@ -27,6 +27,9 @@ from jepa_ecg.models.config import ModelConfig
 from jepa_ecg.training import checkpoint
 
 Stats = LeadStats | Mapping[str, Any] | None
+# The two encoders of a JEPA run: the EMA target (used downstream) and the
+# context encoder trained by gradient.
+WEIGHTS = ('target', 'context')
 
 
 def load_encoder(path: str, *, lead_stats: Stats = None) -> Encoder:
@@ -137,23 +140,24 @@ def workdir_lead_stats(workdir: str, *, data_dir: str | None = None) -> LeadStat
 
 
 def encoder_from_workdir(workdir: str, *, step: int | None = None, lead_stats: Stats = None,
-                         which: str = 'target_params') -> Encoder:
+                         weights: str = 'target') -> Encoder:
     """The (target) encoder of a pre-training checkpoint.
 
     Args:
       workdir: pre-training workdir (or its checkpoints folder).
       step: checkpoint step, default the latest.
       lead_stats: statistics to attach; default `workdir_lead_stats(workdir)`.
-      which: 'target_params' (EMA target encoder, the one to use) or
-        'params' (the context encoder).
+      weights: 'target' (the EMA target encoder, the one to use) or
+        'context' (the encoder trained by gradient).
 
     Returns:
       an `Encoder` whose meta records the provenance.
     """
     state, meta = checkpoint.restore_params(workdir, step=step)
-    params = state[which]
-    if which == 'params':
-        params = params['encoder']
+    if weights not in WEIGHTS:
+        raise ValueError(f'weights must be one of {WEIGHTS}, got {weights!r}')
+    params = (state['target_params'] if weights == 'target'
+              else state['params']['encoder'])
     config = ModelConfig.from_dict(meta['model'])
     root = workdir.rstrip('/')
     if os.path.basename(root) == checkpoint.CHECKPOINTS_DIR:
@@ -161,12 +165,12 @@ def encoder_from_workdir(workdir: str, *, step: int | None = None, lead_stats: S
     if lead_stats is None:
         lead_stats = workdir_lead_stats(root)
     provenance = {'kind': 'jepa_ecg pre-training', 'workdir': os.path.abspath(root),
-                  'step': int(meta.get('step', -1)), 'weights': which}
+                  'step': int(meta.get('step', -1)), 'weights': weights}
     return Encoder(config, params, lead_stats=lead_stats, meta={'provenance': provenance})
 
 
 def export_encoder(workdir: str, out: str, *, step: int | None = None,
-                   lead_stats: Stats = None, which: str = 'target_params') -> Encoder:
+                   lead_stats: Stats = None, weights: str = 'target') -> Encoder:
     """Exports a pre-training run's encoder as an encoder directory.
 
     Args:
@@ -174,12 +178,12 @@ def export_encoder(workdir: str, out: str, *, step: int | None = None,
       out: output directory.
       step: checkpoint step, default the latest.
       lead_stats: statistics to store; default the run's source statistics.
-      which: 'target_params' or 'params' (see `encoder_from_workdir`).
+      weights: 'target' or 'context' (see `encoder_from_workdir`).
 
     Returns:
       the exported `Encoder`.
     """
-    enc = encoder_from_workdir(workdir, step=step, lead_stats=lead_stats, which=which)
+    enc = encoder_from_workdir(workdir, step=step, lead_stats=lead_stats, weights=weights)
     enc.save(out)
     enc.meta['path'] = os.path.abspath(out)
     return enc

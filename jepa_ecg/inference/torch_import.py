@@ -44,7 +44,8 @@ from jepa_ecg.ecg.leads import LEADS, canonical_lead_name, lead_permutation
 from jepa_ecg.inference.encoder import Encoder
 from jepa_ecg.models.config import VARIANTS, ModelConfig
 
-PREFIXES = ('target_encoder.', 'encoder.')
+# Our name of each encoder -> its key prefix in the published state dicts.
+STATE_PREFIXES = {'target': 'target_encoder.', 'context': 'encoder.'}
 # Wrappers that prefix every key: DistributedDataParallel, torch.compile.
 _WRAPPER_PREFIXES = ('module.', '_orig_mod.')
 # LayerNorm biases of an encoder state dict.
@@ -70,14 +71,14 @@ def _strip_wrappers(key: str) -> str:
     return key
 
 
-def select_encoder_state(state_dict: Mapping[str, Any], *, which: str = 'target_encoder'
+def select_encoder_state(state_dict: Mapping[str, Any], *, weights: str = 'target'
                          ) -> dict[str, np.ndarray]:
     """The encoder's entries of a (JEPA or encoder) state dict, prefix removed.
 
     Args:
       state_dict: PyTorch state dict (tensors or numpy arrays).
-      which: 'target_encoder' (default, the EMA encoder to use downstream) or
-        'encoder' (the context encoder).
+      weights: 'target' (default, the EMA encoder to use downstream) or
+        'context' (the encoder trained by gradient).
 
     Returns:
       {key without prefix: float32 numpy array}.
@@ -86,16 +87,19 @@ def select_encoder_state(state_dict: Mapping[str, Any], *, which: str = 'target_
       ValueError: when no encoder weights are found.
     """
     clean = {_strip_wrappers(k): v for k, v in state_dict.items()}
-    prefix = which + '.'
+    if weights not in STATE_PREFIXES:
+        raise ValueError(f'weights must be one of {tuple(STATE_PREFIXES)}, got {weights!r}')
+    prefix = STATE_PREFIXES[weights]
     picked = {k: _to_numpy(v) for k, v in with_prefix(clean, prefix).items()}
-    if not picked and which == 'target_encoder':
+    if not picked and weights == 'target':
         # A checkpoint of the encoder alone (e.g. saved from a fine-tuning run).
         picked = {k: _to_numpy(v) for k, v in with_prefix(clean, 'encoder.').items()}
     if not picked and any(k.startswith('blocks.') for k in clean):
         picked = {k: _to_numpy(v) for k, v in clean.items()}
     if not picked:
         sample = sorted(clean)[:5]
-        raise ValueError(f'no {which} weights in the state dict (keys start {sample})')
+        raise ValueError(f'no {weights} encoder weights in the state dict (keys start '
+                         f'{sample})')
     return picked
 
 
@@ -257,7 +261,7 @@ def with_prefix(state: Mapping[str, Any], prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def convert_online_state(state: Mapping[str, Any], cfg: ModelConfig) -> dict:
+def convert_context_state(state: Mapping[str, Any], cfg: ModelConfig) -> dict:
     """A full JEPA state dict (or any dict of arrays under its 'encoder.' and
     'predictor.' names, e.g. AdamW moments) -> our {'encoder', 'predictor'} params."""
     return {'encoder': convert_encoder_state(with_prefix(state, 'encoder.'), cfg),
@@ -298,7 +302,7 @@ def convert_predictor_state(state: Mapping[str, Any], cfg: ModelConfig) -> dict:
     return params
 
 
-def convert_checkpoint(checkpoint: Mapping[str, Any], *, which: str = 'target_encoder',
+def convert_checkpoint(checkpoint: Mapping[str, Any], *, weights: str = 'target',
                        config: Mapping[str, Any] | None = None
                        ) -> tuple[ModelConfig, dict, list[str]]:
     """An official checkpoint dict -> (ModelConfig, Flax params, lead order).
@@ -306,7 +310,7 @@ def convert_checkpoint(checkpoint: Mapping[str, Any], *, which: str = 'target_en
     Args:
       checkpoint: `{'model': state dict, 'config': dict}` (full or minified), or
         a bare state dict when `config` is given.
-      which: 'target_encoder' or 'encoder'.
+      weights: 'target' or 'context'.
       config: overrides/supplies the config dict.
 
     Returns:
@@ -322,7 +326,7 @@ def convert_checkpoint(checkpoint: Mapping[str, Any], *, which: str = 'target_en
     if hasattr(checkpoint.get('config'), '__dataclass_fields__'):
         cfg_dict = dataclasses.asdict(checkpoint['config'])
     cfg_dict.update(config or {})
-    state = select_encoder_state(state_dict, which=which)
+    state = select_encoder_state(state_dict, weights=weights)
     cfg, leads = model_config_from_torch(cfg_dict, state)
     return cfg, convert_encoder_state(state, cfg), leads
 
@@ -347,7 +351,7 @@ def load_torch_checkpoint(path: str) -> Mapping[str, Any]:
         return torch.load(path, map_location='cpu', weights_only=False)
 
 
-def import_torch_checkpoint(path: str, out: str, *, which: str = 'target_encoder',
+def import_torch_checkpoint(path: str, out: str, *, weights: str = 'target',
                             lead_stats: LeadStats | Mapping[str, Any] | None = None,
                             checkpoint: Mapping[str, Any] | None = None) -> Encoder:
     """Converts an official checkpoint file into an encoder directory.
@@ -355,7 +359,7 @@ def import_torch_checkpoint(path: str, out: str, *, which: str = 'target_encoder
     Args:
       path: the `.pt` file (read with torch unless `checkpoint` is given).
       out: output encoder directory.
-      which: 'target_encoder' or 'encoder'.
+      weights: 'target' or 'context'.
       lead_stats: normalisation statistics to store, in the canonical lead
         order (`LEADS`, as `stats.read_lead_stats_file` gives them): they are
         reordered to the checkpoint's lead order. The official checkpoints
@@ -367,9 +371,9 @@ def import_torch_checkpoint(path: str, out: str, *, which: str = 'target_encoder
       the saved `Encoder`.
     """
     ckpt = checkpoint if checkpoint is not None else load_torch_checkpoint(path)
-    cfg, params, leads = convert_checkpoint(ckpt, which=which)
+    cfg, params, leads = convert_checkpoint(ckpt, weights=weights)
     provenance = {'kind': 'official ECG-JEPA PyTorch checkpoint',
-                  'checkpoint': os.path.abspath(path) if path else None, 'weights': which}
+                  'checkpoint': os.path.abspath(path) if path else None, 'weights': weights}
     for key in ('step', 'epoch'):
         if isinstance(ckpt.get(key), (int, float)):
             provenance[key] = ckpt[key]
