@@ -6,9 +6,9 @@ semantics (Conv1d patch embedding on (B, C, T), nn.Linear y = x W^T + b,
 qkv reshaped to (B, N, 3, H, Dh)), independently of our Flax code.
 """
 
+import math
 import subprocess
 import sys
-import math
 
 import numpy as np
 import pytest
@@ -305,6 +305,7 @@ def _predictor_inputs(mc, rng, k=10):
     ({}, None), ({'pred_depth': 2}, True), ({'bias': True, 'qkv_bias': True}, None)])
 def test_convert_predictor_state_matches_reference(overrides, norm_bias):
     import jax
+
     from jepa_ecg.models import build_predictor
     rng = np.random.default_rng(5)
     cfg = official_config(**overrides)
