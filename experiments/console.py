@@ -100,11 +100,18 @@ def usage_error(message: str, hint: str) -> None:
 
 
 def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else repr(e)
+    """The first line of an error's message; for a message that embeds a
+    traceback (ml_collections' config-file errors), its opening and the
+    traceback's last line (the error itself)."""
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    if not lines:
+        return repr(e)
+    if any(line.startswith('Traceback (most recent call last)') for line in lines):
+        return f'{lines[0].rstrip(": ")}: {lines[-1]}'
+    return lines[0]
 
 
-# A workdir or output the run cannot write: one line naming the path.
+# A workdir or output the run cannot write (or read): one line naming the path.
 _WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 
@@ -123,15 +130,15 @@ def run_errors(new_workdir: str | None) -> Iterator[None]:
     # Imported here: the mains import this module before JAX may start.
     from jepa_ecg.data.datasets import DatasetReadError  # pylint: disable=g-import-not-at-top
     from jepa_ecg.training import guard  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.training.checkpoint import CheckpointError, CheckpointSaveError  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.training import checkpoint  # pylint: disable=g-import-not-at-top
     from jepa_ecg.training.config_checks import ConfigError  # pylint: disable=g-import-not-at-top
     from tfds_builders.build import DatasetNotBuiltError  # pylint: disable=g-import-not-at-top
     try:
         yield
     except guard.StopRequested as e:
         fail(str(e), exitcode=e.exitcode, prefix='')
-    except (DatasetNotBuiltError, DatasetReadError, CheckpointError, CheckpointSaveError,
-            guard.WorkdirBusyError) as e:
+    except (DatasetNotBuiltError, DatasetReadError, checkpoint.CheckpointError,
+            checkpoint.CheckpointSaveError, guard.WorkdirBusyError) as e:
         fail(str(e), new_workdir=new_workdir)
     except ConfigError as e:
         fail(str(e), new_workdir=new_workdir, exitcode=2)
@@ -141,5 +148,5 @@ def run_errors(new_workdir: str | None) -> Iterator[None]:
     except OSError as e:
         if e.errno not in _WRITE_ERRNOS:
             raise
-        fail(f'cannot write {e.filename or "the workdir"}: {e.strerror}',
-             new_workdir=new_workdir)
+        verb = 'cannot access' if e.errno in (errno.EACCES, errno.EPERM) else 'cannot write'
+        fail(f'{verb} {e.filename or "the workdir"}: {e.strerror}', new_workdir=new_workdir)

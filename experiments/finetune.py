@@ -15,7 +15,9 @@ for finetune_after_linear a linear run's workdir. Outputs per task and seed
 in `<workdir>/<task>/seed<k>/` (results.json, predictions.npz, plots, best/)
 and the mean and std over seeds in `<workdir>/results.json`. The config and
 `--encoder` are checked before anything starts (a bad value exits with
-status 2). Library INFO logs stay off unless `--verbosity` asks for them.
+status 2). SIGTERM or Ctrl-C stops at the next step with 128 + the signal
+number (a stopped run starts again from scratch). Library INFO logs stay
+off unless `--verbosity` asks for them.
 """
 
 import os
@@ -56,10 +58,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        console.usage_error(str(e), HINT)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        # A config file's own parser or an override of a field the config lacks.
-        console.usage_error(f'{type(e).__name__}: {console.first_line(e)}', HINT)
+        console.usage_error(console.first_line(e), HINT)
+    except (AttributeError, KeyError) as e:  # an override of a field the config lacks
+        console.usage_error(f'no such config field: {console.first_line(e).strip(chr(34))}',
+                            HINT)
+    except (TypeError, ValueError) as e:  # the config file's own argument parser
+        console.usage_error(console.first_line(e), HINT)
     return []
 
 

@@ -5,7 +5,10 @@ r"""ECG-JEPA pre-training.
       --config.data.data_dir=$HOME/tensorflow_datasets --workdir=runs/xs_ptbxl
 
 Re-running with the same --workdir resumes from the last checkpoint. The
-config is checked before anything starts (a bad value exits with status 2).
+config is checked before anything starts (a bad value, or a model of
+another shape than the workdir's, exits with status 2). SIGTERM or Ctrl-C
+saves the step in progress and exits with 128 + the signal number; one run
+at a time holds a workdir (`run.lock`).
 Library INFO logs stay off unless `--verbosity` asks for them.
 """
 
@@ -33,10 +36,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        console.usage_error(str(e), HINT)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        # A config file's own parser or an override of a field the config lacks.
-        console.usage_error(f'{type(e).__name__}: {console.first_line(e)}', HINT)
+        console.usage_error(console.first_line(e), HINT)
+    except (AttributeError, KeyError) as e:  # an override of a field the config lacks
+        console.usage_error(f'no such config field: {console.first_line(e).strip(chr(34))}',
+                            HINT)
+    except (TypeError, ValueError) as e:  # the config file's own argument parser
+        console.usage_error(console.first_line(e), HINT)
     return []
 
 

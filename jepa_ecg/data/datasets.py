@@ -123,10 +123,12 @@ class SplitReader:
 
     def _file_of(self, index: int) -> str:
         """The ArrayRecord file holding record `index` (its split's files if unknown)."""
+        # array_record's reader maps a key to its file only in private attributes.
+        # pylint: disable=protected-access
         inner = getattr(self._source, 'data_source', None)
         try:
-            reader_idx, _ = inner._reader_idx_and_position(int(index))  # pylint: disable=protected-access
-            return inner._read_instructions[reader_idx].filename  # pylint: disable=protected-access
+            reader_idx, _ = inner._reader_idx_and_position(int(index))
+            return inner._read_instructions[reader_idx].filename
         except (AttributeError, IndexError, TypeError, ValueError):
             return f'a file of split {self.split!r}'
 
