@@ -138,7 +138,8 @@ def _run_until(cmd, workdir, steps, sig, tmp_path):
 @pytest.mark.slow
 def test_sigint_and_sigterm_save_the_step_and_resume_exactly(tmp_path, synthetic_data_dir):
     # No periodic checkpoint in reach: whatever is saved is saved by the signals.
-    total = 40
+    # Steps to spare, so each signal lands mid-run however slow the poll is.
+    total = 60
     straight = str(tmp_path / 'straight')
     subprocess.run(_cmd(straight, synthetic_data_dir, total) + ['--config.checkpoint_every=1000'],
                    env=_env(), cwd=REPO, check=True, timeout=900, capture_output=True)
