@@ -15,7 +15,9 @@ for finetune_after_linear a linear run's workdir. Outputs per task and seed
 in `<workdir>/<task>/seed<k>/` (results.json, predictions.npz, plots, best/)
 and the mean and std over seeds in `<workdir>/results.json`. The config and
 `--encoder` are checked before anything starts (a bad value exits with
-status 2). Library INFO logs stay off unless `--verbosity` asks for them.
+status 2). SIGTERM or Ctrl-C stops at the next step with 128 + the signal
+number (a stopped run starts again from scratch). Library INFO logs stay
+off unless `--verbosity` asks for them.
 """
 
 import os
@@ -47,16 +49,33 @@ def _print_summary(summary: dict) -> None:
                           f'{r["test_macro_auc_ci"][1]:.4f}]' for r in s['runs']))
 
 
+HINT = ('see experiments/configs/finetune.py for the config tokens and fields, '
+        '--helpshort for the flags')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing; a bad flag or config override is one line and a hint."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        console.usage_error(console.first_line(e), HINT)
+    except (AttributeError, KeyError) as e:  # an override of a field the config lacks
+        console.usage_error(f'no such config field: {console.first_line(e).strip(chr(34))}',
+                            HINT)
+    except (TypeError, ValueError) as e:  # the config file's own argument parser
+        console.usage_error(console.first_line(e), HINT)
+    return []
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError('Too many command-line arguments.', exitcode=2)
+        console.usage_error(f'unexpected arguments {argv[1:]}', HINT)
     console.quiet_library_logs()
     unknown = [t for t in FLAGS.task if t not in TASKS]
     if unknown:
-        raise app.UsageError(f'--task: unknown tasks {unknown}; choose from {TASKS}',
-                             exitcode=2)
+        console.usage_error(f'--task: unknown tasks {unknown}', f'choose from {TASKS}')
     if FLAGS.seeds < 1:
-        raise app.UsageError(f'--seeds={FLAGS.seeds}: must be >= 1', exitcode=2)
+        console.usage_error(f'--seeds={FLAGS.seeds}: must be >= 1', HINT)
     # Nothing may start the JAX backends before initialize_distributed.
     from jepa_ecg import sharding  # pylint: disable=g-import-not-at-top
     from jepa_ecg.inference import resolve  # pylint: disable=g-import-not-at-top
@@ -67,19 +86,15 @@ def main(argv):
         config_checks.check_finetune_config(FLAGS.config)
         resolver = resolve.make_resolver(FLAGS.encoder, FLAGS.config)
     except ValueError as e:
-        raise app.UsageError(str(e), exitcode=2) from None
-    from jepa_ecg.training.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
-    from tfds_builders.build import DatasetNotBuiltError  # pylint: disable=g-import-not-at-top
+        console.usage_error(str(e), HINT)
     new_workdir = None if os.path.exists(FLAGS.workdir) else FLAGS.workdir
-    try:
+    with console.run_errors(new_workdir):
         build_data.for_ptbxl(FLAGS.config.data, resolver(FLAGS.task[0], 0).config.fs)
         summary = finetune_loop.run_all(FLAGS.config, FLAGS.workdir, encoder=resolver,
                                         tasks=list(FLAGS.task), num_seeds=FLAGS.seeds)
-    except (DatasetNotBuiltError, CheckpointError) as e:
-        console.fail(str(e), new_workdir=new_workdir)
     _print_summary(summary)
     logging.info('results in %s', os.path.join(FLAGS.workdir, 'results.json'))
 
 
 if __name__ == '__main__':
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -117,3 +117,60 @@ def test_kill_and_resume_is_exact(tmp_path, synthetic_data_dir):
     rows_b = {r['step']: r['loss'] for r in map(json.loads, open(os.path.join(resumed, 'metrics.jsonl')))}
     for s in range(max(complete) + 1, total + 1):
         assert rows_a[s] == rows_b[s]
+
+
+def _run_until(cmd, workdir, steps, sig, tmp_path):
+    """Starts a run, sends `sig` once it logged `steps` steps; returns (rc, stderr)."""
+    log_path = tmp_path / f'{os.path.basename(workdir)}-{sig}.log'
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.time() + 900
+        while time.time() < deadline and proc.poll() is None:
+            if any(s >= steps for s in _logged_steps(workdir)):
+                break
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+    return proc.returncode, log_path.read_text()
+
+
+@pytest.mark.slow
+def test_sigint_and_sigterm_save_the_step_and_resume_exactly(tmp_path, synthetic_data_dir):
+    # No periodic checkpoint in reach: whatever is saved is saved by the signals.
+    # Steps to spare, so each signal lands mid-run however slow the poll is.
+    total = 60
+    straight = str(tmp_path / 'straight')
+    subprocess.run(_cmd(straight, synthetic_data_dir, total) + ['--config.checkpoint_every=1000'],
+                   env=_env(), cwd=REPO, check=True, timeout=900, capture_output=True)
+    stopped = str(tmp_path / 'stopped')
+    cmd = _cmd(stopped, synthetic_data_dir, total) + ['--config.checkpoint_every=1000']
+    saved = [0]
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Rows past the last save come from this process only (a resume drops the others).
+        after = saved[-1] + 3
+        rc, err = _run_until(cmd, stopped, after, sig, tmp_path)
+        assert rc == 128 + sig, err[-3000:]
+        assert 'Traceback' not in err and 'KeyboardInterrupt' not in err, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        m = re.fullmatch(rf'stopped by {sig.name} at step (\d+): checkpoint saved in '
+                         rf'{re.escape(stopped)}/checkpoints; run the same command to resume',
+                         last)
+        assert m, last
+        step = int(m.group(1))
+        assert after <= step < total
+        # The step the line names is saved, sealed, and the newest checkpoint.
+        assert max(int(d) for d in os.listdir(os.path.join(stopped, 'checkpoints'))
+                   if d.isdigit()) == step
+        assert os.path.exists(os.path.join(stopped, 'checkpoints', str(step),
+                                           checkpoint.SHA256_FILE))
+        saved.append(step)
+    out = subprocess.run(cmd, env=_env(), cwd=REPO, timeout=900, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f'resuming at step {saved[-1]}' in out.stderr
+    assert _logged_steps(stopped) == list(range(1, total + 1))
+    a, _ = checkpoint.restore_params(straight)
+    b, meta = checkpoint.restore_params(stopped)
+    assert meta['step'] == total
+    for key in ('params', 'target_params', 'opt_state', 'rng', 'step'):
+        for x, y in zip(_leaves(a[key]), _leaves(b[key])):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=key)

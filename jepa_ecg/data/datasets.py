@@ -25,6 +25,10 @@ from tfds_builders import build
 SIGNAL_KEYS = ('signal', 'fs')
 
 
+class DatasetReadError(RuntimeError):
+    """A file of a built dataset does not read back (damaged): rebuild the dataset."""
+
+
 class SplitReader:
     """One split of a built TFDS dataset, decoding only `keys`.
 
@@ -92,9 +96,23 @@ class SplitReader:
         return f'SplitReader({self.tfds_name!r}, {self.split!r}, keys={self.keys})'
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """Record `index` as a dict of numpy values (`signal` is (T, 12) float32, mV)."""
-        feature = tf_example_pb2.Example.FromString(
-            self._source[int(index)]).features.feature
+        """Record `index` as a dict of numpy values (`signal` is (T, 12) float32, mV).
+
+        Raises:
+          DatasetReadError: the file holding it is damaged (names the file and
+            the command that rebuilds the dataset).
+        """
+        try:
+            raw = self._source[int(index)]
+        except RuntimeError as e:
+            # Riegeli (ArrayRecord's container) checks a hash per chunk.
+            if 'Riegeli' not in str(e) and 'orrupt' not in str(e):
+                raise
+            raise DatasetReadError(
+                f'dataset {self.tfds_name!r} in {self.data_dir}: {self._file_of(index)} is '
+                f'damaged ({str(e).splitlines()[0][:120]}); rebuild it with '
+                f'{build.build_command(self.tfds_name, self.data_dir)} --overwrite') from None
+        feature = tf_example_pb2.Example.FromString(raw).features.feature
         out = {k: spec.decode(feature[k] if k in feature else None)
                for k, spec in self._specs.items()}
         if 'signal' in out:
@@ -102,6 +120,17 @@ class SplitReader:
         if 'fs' in out and out['fs'] is None:
             out['fs'] = self.default_fs
         return out
+
+    def _file_of(self, index: int) -> str:
+        """The ArrayRecord file holding record `index` (its split's files if unknown)."""
+        # array_record's reader maps a key to its file only in private attributes.
+        # pylint: disable=protected-access
+        inner = getattr(self._source, 'data_source', None)
+        try:
+            reader_idx, _ = inner._reader_idx_and_position(int(index))
+            return inner._read_instructions[reader_idx].filename
+        except (AttributeError, IndexError, TypeError, ValueError):
+            return f'a file of split {self.split!r}'
 
     def read(self, index: int) -> tuple[np.ndarray, float]:
         """(signal, fs) of record `index`: (T, 12) float32 in mV (may be read-only)."""

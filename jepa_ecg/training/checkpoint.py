@@ -13,7 +13,8 @@ files' SHA-256 digests go into `SHA256_FILE` inside it (Orbax reads damaged
 array bytes back without a word), and every restore checks them first. A
 newest checkpoint that fails to restore is skipped with one warning and the
 previous good one is used; when none restores, `CheckpointError` names the
-folder.
+folder. A save that fails (no space, no permission) raises `CheckpointSaveError`
+naming the folder, the cause and the checkpoints that are intact.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import weakref
 from typing import Any, Callable
 
 import jax
@@ -46,6 +49,41 @@ DAMAGED_DIR = 'damaged_checkpoints'    # pre-training: checkpoints that failed t
 
 class CheckpointError(ValueError):
     """No checkpoint of a run folder restores (missing, damaged or incompatible)."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (no space, no permission, ...)."""
+
+
+# The step of each manager's save in flight: an async save fails later, at
+# the next save or at close, and the message names the step that failed.
+_pending_step: 'weakref.WeakKeyDictionary[Any, int]' = weakref.WeakKeyDictionary()
+
+
+def _save_error(manager: ocp.CheckpointManager, step: int, e: BaseException
+                ) -> CheckpointSaveError:
+    directory = os.fspath(manager.directory)
+    cause = e
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    code = re.search(r"os_error_code='(\d+)'", str(e))  # TensorStore's errors carry it
+    if isinstance(cause, OSError) and cause.strerror:
+        reason = cause.strerror
+    elif code:
+        reason = os.strerror(int(code.group(1)))
+    else:
+        reason = _first_line(e)
+    try:
+        kept = sorted(s for s in manager.all_steps() if s != step and
+                      os.path.isdir(_step_dir(manager, s)))
+    except Exception:  # pylint: disable=broad-except
+        kept = []
+    intact = (f'the checkpoints saved before ({", ".join(map(str, kept))}) are intact'
+              if kept else 'no checkpoint was saved before')
+    return CheckpointSaveError(
+        f'saving the checkpoint of step {step} to {directory} failed: {reason}. The run '
+        f'stopped; {intact}: free space or fix the permissions, then run the same command '
+        f'to go on')
 
 
 # ------------------------------------------------------------------ integrity
@@ -172,19 +210,48 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
 
     Also writes the digests of the saves completed before (see `seal`).
     """
-    seal(manager)
-    return manager.save(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardSave(state),
-        META: ocp.args.JsonSave(meta),
-    }), force=force)
-
-
-def close(manager: ocp.CheckpointManager) -> None:
-    """Waits for the save in flight, writes its digests and closes the manager."""
     try:
         seal(manager)
-    finally:
+    except Exception as e:  # pylint: disable=broad-except
+        raise _save_error(manager, _pending_step.get(manager, step), e) from e
+    try:
+        started = manager.save(step, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardSave(state),
+            META: ocp.args.JsonSave(meta),
+        }), force=force)
+    except Exception as e:  # pylint: disable=broad-except
+        raise _save_error(manager, step, e) from e
+    if started:
+        _pending_step[manager] = step
+    return started
+
+
+def close(manager: ocp.CheckpointManager, *, quiet: bool = False) -> None:
+    """Waits for the save in flight, writes its digests and closes the manager.
+
+    Args:
+      manager: from make_manager.
+      quiet: another error is on its way out: a failure here is dropped
+        (logged) rather than raised over it.
+
+    Raises:
+      CheckpointSaveError: the save in flight failed (unless `quiet`).
+    """
+    error = None
+    try:
+        seal(manager)
+    except Exception as e:  # pylint: disable=broad-except
+        error = _save_error(manager, _pending_step.get(manager, -1), e)
+    try:
         manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+        error = error or _save_error(manager, _pending_step.get(manager, -1), e)
+    _pending_step.pop(manager, None)
+    if error is not None:
+        if quiet:
+            logging.warning('%s', error)
+        else:
+            raise error
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any

@@ -8,6 +8,8 @@ exists. The mains turn `ConfigError` into a usage error (exit status 2).
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Iterable
 
 import jax
@@ -116,3 +118,35 @@ def check_finetune_config(config) -> None:
     if config.head == 'register' and config.frozen:
         raise ConfigError('config.head=register with config.frozen=True: the register head '
                           'is for full fine-tuning; use head=attentive for a frozen encoder')
+
+
+# The ModelConfig fields that fix the shapes of the parameters (and of the
+# input), in the order a message names them: a workdir's checkpoints restore
+# only into the same values.
+SHAPE_FIELDS = ('variant', 'dim', 'depth', 'num_heads', 'pred_dim', 'pred_depth',
+                'pred_num_heads', 'mlp_ratio', 'num_leads', 'fs', 'window_seconds',
+                'patch_size', 'num_registers', 'bias', 'qkv_bias', 'norm_bias')
+
+
+def check_same_model(config_path: str, cfg) -> None:
+    """Raises ConfigError when a workdir's recorded model differs in shape from `cfg`.
+
+    Args:
+      config_path: the workdir's config.json (absent for a new workdir: no check).
+      cfg: the new run's ModelConfig.
+    """
+    try:
+        with open(config_path, encoding='utf-8') as f:
+            recorded = json.load(f).get('model') or {}
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        raise ConfigError(f'{config_path} does not read ({e}); it records the model of the '
+                          f'run in {os.path.dirname(config_path)}') from None
+    new = cfg.to_dict()
+    for field in SHAPE_FIELDS:
+        if field in recorded and recorded[field] != new.get(field):
+            raise ConfigError(
+                f'{os.path.dirname(config_path) or "."} holds a run with model.{field}='
+                f'{recorded[field]!r} but the new config has model.{field}={new.get(field)!r}; '
+                f'use the same config to resume or another --workdir for a new run')

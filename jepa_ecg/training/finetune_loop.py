@@ -48,7 +48,7 @@ from jepa_ecg.evaluation import metrics
 from jepa_ecg.evaluation.evaluator import Evaluator, SplitScores
 from jepa_ecg.models import ModelConfig
 from jepa_ecg.models.classifier import build_classifier
-from jepa_ecg.training import checkpoint, config_checks, finetune_step, optim
+from jepa_ecg.training import checkpoint, config_checks, finetune_step, guard, optim
 from jepa_ecg.training.checkpoint import PREDICTIONS_FILE, RESULTS_FILE
 
 
@@ -202,7 +202,8 @@ class _Progress:
         return self.step_last / max(self.train_time, 1e-9)
 
 
-def fit_with_validation(run: Run, workdir: str) -> FitResult:
+def fit_with_validation(run: Run, workdir: str,
+                        stop: guard.StopSignals | None = None) -> FitResult:
     """Trains with validation every `eval_every` steps, best weights to Orbax, early stop.
 
     The best-validation params are saved (only) when the validation macro
@@ -212,9 +213,13 @@ def fit_with_validation(run: Run, workdir: str) -> FitResult:
     Args:
       run: from build_run.
       workdir: run folder (the checkpoint goes to `<workdir>/best`).
+      stop: stop-signal handlers read at each step boundary.
 
     Returns:
       FitResult.
+
+    Raises:
+      guard.StopRequested: a stop signal arrived (a run restarts from scratch).
     """
     config = run.config
     total = int(config.total_steps)
@@ -234,6 +239,8 @@ def fit_with_validation(run: Run, workdir: str) -> FitResult:
             state, m = run.train_step(state, sharding.host_to_global(batch, run.mesh),
                                       run.dropout_key)
             step += 1
+            if stop is not None and stop.should_stop(step):
+                raise guard.StopRequested(stop.received, step, workdir, resumable=False)
             row = progress.after_step(step, m)
             if row is not None:
                 history.append(row)
@@ -335,7 +342,8 @@ def _score_lead_subsets(run: Run, params: Any, workdir: str) -> dict:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        encoder: EncoderArg, task: str, seed_index: int = 0,
-                       task_data: data_lib.PtbxlTask | None = None) -> dict:
+                       task_data: data_lib.PtbxlTask | None = None,
+                       stop: guard.StopSignals | None = None) -> dict:
     """Trains and tests one (task, seed) run; writes results, predictions and plots.
 
     Args:
@@ -346,6 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       task: one of data.ptbxl.TASKS.
       seed_index: k-th repetition; the seed is config.seed + k.
       task_data: the task's data when already loaded (shared across seeds).
+      stop: stop-signal handlers (see fit_with_validation).
 
     Returns:
       The results dict written to results.json.
@@ -364,7 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                  '%d trainable params, %d devices', config.protocol, task, source.description,
                  *(len(task_data.splits[s]) for s in data_lib.SPLITS), task_data.num_classes,
                  run.num_trainable, run.mesh.devices.size)
-    fit = fit_with_validation(run, workdir)
+    fit = fit_with_validation(run, workdir, stop)
     best_params = checkpoint.restore_best(workdir, target=fit.state.params)
     test = run.evaluator.evaluate(best_params, 'test')
     results = _results(run, fit, test, source)
@@ -409,25 +418,31 @@ def run_all(config: ml_collections.ConfigDict, workdir: str, *, encoder: Encoder
     Returns:
       The summary written to `<workdir>/results.json`: per task the per-seed
       test metrics and their mean and std.
+
+    Raises:
+      guard.StopRequested: SIGTERM/SIGINT arrived (the run in progress stops).
+      guard.WorkdirBusyError: another run holds `workdir`.
     """
     config_checks.check_finetune_config(config)
     resolve = _resolver(encoder)
     summary = {'protocol': config.protocol, 'encoder': None, 'num_seeds': num_seeds,
                'config': json.loads(config.to_json_best_effort()), 'tasks': {}}
-    for task in tasks:
-        first = resolve(task, 0)
-        summary['encoder'] = summary['encoder'] or first.spec
-        task_data = load_task_data(config, task, first.config.fs)
-        reports = []
-        for k in range(num_seeds):
-            source = first if k == 0 else resolve(task, k)
-            reports.append(train_and_evaluate(
-                config, os.path.join(workdir, task, f'seed{k}'), encoder=source, task=task,
-                seed_index=k, task_data=task_data))
-        summary['tasks'][task] = s = _task_summary(reports)
-        logging.info('%s %s over %d seeds: test macro AUC %.4f +- %.4f', config.protocol, task,
-                     num_seeds, s['test_macro_auc']['mean'], s['test_macro_auc']['std'])
-        if jax.process_index() == 0:
-            with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
-                json.dump(summary, f, indent=2)
+    with guard.WorkdirLock(workdir, 'fine-tuning'), guard.StopSignals() as stop:
+        for task in tasks:
+            first = resolve(task, 0)
+            summary['encoder'] = summary['encoder'] or first.spec
+            task_data = load_task_data(config, task, first.config.fs)
+            reports = []
+            for k in range(num_seeds):
+                source = first if k == 0 else resolve(task, k)
+                reports.append(train_and_evaluate(
+                    config, os.path.join(workdir, task, f'seed{k}'), encoder=source, task=task,
+                    seed_index=k, task_data=task_data, stop=stop))
+            summary['tasks'][task] = s = _task_summary(reports)
+            logging.info('%s %s over %d seeds: test macro AUC %.4f +- %.4f', config.protocol,
+                         task, num_seeds, s['test_macro_auc']['mean'],
+                         s['test_macro_auc']['std'])
+            if jax.process_index() == 0:
+                with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
+                    json.dump(summary, f, indent=2)
     return summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -17,7 +18,7 @@ from jepa_ecg.data import pretrain as pipeline
 from jepa_ecg.data.sources import MIXTURES
 from jepa_ecg.models import ModelConfig
 from jepa_ecg.models.config import model_config_from
-from jepa_ecg.training import checkpoint, config_checks, optim
+from jepa_ecg.training import checkpoint, config_checks, guard, optim
 from jepa_ecg.training import jepa_step as jepa
 from jepa_ecg.training.metrics_writer import MetricsWriter
 
@@ -96,10 +97,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     Returns:
       Summary dict: final step, last logged metrics, records/s.
+
+    Raises:
+      guard.StopRequested: SIGTERM/SIGINT arrived; the step reached is saved.
+      guard.WorkdirBusyError: another run holds `workdir`.
+      config_checks.ConfigError: the workdir holds a run of another model shape.
+      checkpoint.CheckpointSaveError: a save failed (earlier ones are intact).
     """
     config_checks.check_pretrain_config(config)
     cfg = model_config_from(config)
-    os.makedirs(workdir, exist_ok=True)
+    with guard.WorkdirLock(workdir, 'pre-training'), guard.StopSignals() as stop:
+        previous_hook = guard.ignore_closed_loop_callbacks()
+        try:
+            return _run(config, cfg, workdir, input_iterator_fn, stop)
+        finally:
+            sys.unraisablehook = previous_hook
+
+
+def _run(config: ml_collections.ConfigDict, cfg: ModelConfig, workdir: str,
+         input_iterator_fn: Callable[[int], Iterator[dict]] | None,
+         stop: guard.StopSignals) -> dict[str, Any]:
+    """train_and_evaluate inside the workdir's lock and the stop-signal handlers."""
     mesh = sharding.make_mesh()
     schedules = optim.make_schedules(config)
     tx = optim.make_optimizer(config, schedules)
@@ -108,39 +126,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                    rank_every=config.rank_every,
                                    ema_per_micro_batch=config.get('ema_per_micro_batch', False))
     train_step = sharding.jit_data_parallel(step_fn, mesh, donate_argnums=(0,))
+    config_path = os.path.join(workdir, checkpoint.CONFIG_FILE)
+    # Before Orbax meets arrays of another shape: one line naming the field.
+    config_checks.check_same_model(config_path, cfg)
     manager = checkpoint.make_manager(workdir, save_every=config.checkpoint_every,
                                       keep=config.keep_checkpoints,
                                       async_save=config.async_checkpoint)
-    state, start_step = _restore_or_init(config, cfg, tx, mesh, manager)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, checkpoint.CONFIG_FILE), 'w') as f:
-            json.dump({'config': config.to_dict(), 'model': cfg.to_dict()}, f, indent=2,
-                      default=str)
-    source_iter = (input_iterator_fn or (lambda s: make_input_iterator(config, cfg, s)))(start_step)
-    # Keeps the next batch's host-to-device copy in flight while a step runs.
-    it = sharding.prefetch_to_device(({k: b[k] for k in STEP_INPUTS} for b in source_iter),
-                                     mesh, size=1)
-    writer = MetricsWriter(workdir, start_step=start_step)
-    logging.info('training %s (%s) on %d devices, %d processes, global batch %d, steps %d -> %d',
-                 cfg.variant, config.dtype, mesh.devices.size, jax.process_count(),
-                 config.global_batch_size, start_step, config.total_steps)
-    t_start = time.time()
+    source_iter = writer = None
     try:
-        step, last = _train(config, cfg, state, start_step, train_step, it, manager, writer)
-    finally:
-        if hasattr(source_iter, 'close'):
-            source_iter.close()
-        checkpoint.close(manager)  # waits for the last save and writes its digests
-        writer.close()
+        state, start_step = _restore_or_init(config, cfg, tx, mesh, manager)
+        if jax.process_index() == 0:
+            with open(config_path, 'w') as f:
+                json.dump({'config': config.to_dict(), 'model': cfg.to_dict()}, f, indent=2,
+                          default=str)
+        source_iter = (input_iterator_fn or (lambda s: make_input_iterator(config, cfg, s)))(
+            start_step)
+        # Keeps the next batch's host-to-device copy in flight while a step runs.
+        it = sharding.prefetch_to_device(({k: b[k] for k in STEP_INPUTS} for b in source_iter),
+                                         mesh, size=1)
+        writer = MetricsWriter(workdir, start_step=start_step)
+        logging.info('training %s (%s) on %d devices, %d processes, global batch %d, '
+                     'steps %d -> %d', cfg.variant, config.dtype, mesh.devices.size,
+                     jax.process_count(), config.global_batch_size, start_step,
+                     config.total_steps)
+        t_start = time.time()
+        step, last = _train(config, cfg, state, start_step, train_step, it, manager, writer,
+                            stop)
+    except BaseException:
+        _close_quietly(source_iter, manager, writer)
+        raise
+    _close_quietly(source_iter, None, writer)
+    checkpoint.close(manager)  # waits for the last save and writes its digests
+    if stop.received is not None and step < min(config.total_steps,
+                                                int(config.get('stop_at_step') or
+                                                    config.total_steps)):
+        raise guard.StopRequested(stop.received, step, os.fspath(manager.directory))
     elapsed = time.time() - t_start
     return {'step': step, 'last': last, 'seconds': elapsed,
             'records_per_s': (step - start_step) * config.global_batch_size / max(elapsed, 1e-9)}
 
 
+def _close_quietly(source_iter, manager, writer) -> None:
+    """Closes what a run opened; an error here must not hide the one on its way out."""
+    if hasattr(source_iter, 'close'):
+        source_iter.close()
+    if manager is not None:
+        checkpoint.close(manager, quiet=True)
+    if writer is not None:
+        writer.close()
+
+
 def _train(config: ml_collections.ConfigDict, cfg: ModelConfig, state, start_step: int,
-           train_step, it: Iterator[dict], manager, writer: MetricsWriter
-           ) -> tuple[int, dict[str, float]]:
+           train_step, it: Iterator[dict], manager, writer: MetricsWriter,
+           stop_signals: guard.StopSignals) -> tuple[int, dict[str, float]]:
     """Steps from `start_step` to `config.total_steps`; logs and checkpoints on the way.
+
+    A stop signal ends the loop after the step in progress, with a checkpoint
+    of that step (the caller waits for it and raises StopRequested).
 
     `config.stop_at_step` (optional) stops earlier with a checkpoint there while
     the schedules keep their `total_steps` horizon: a later call resumes exactly
@@ -156,7 +198,8 @@ def _train(config: ml_collections.ConfigDict, cfg: ModelConfig, state, start_ste
     while step < stop:
         state, metrics = train_step(state, next(it))
         step += 1
-        due_save = manager.should_save(step) or step == stop
+        stopping = stop_signals.should_stop(step)
+        due_save = manager.should_save(step) or step == stop or stopping
         if due_save and step % config.log_every:
             # Never write a non-finite state into a checkpoint.
             loss = float(metrics['loss'])
@@ -178,7 +221,10 @@ def _train(config: ml_collections.ConfigDict, cfg: ModelConfig, state, start_ste
             t_last, step_last, last = now, step, scalars
         if due_save:
             checkpoint.save(manager, step, state, {**meta_base, 'step': step, 'data_step': step},
-                            force=step == stop)
+                            force=step == stop or stopping)
+        if stopping:
+            logging.info('stop signal: saved the checkpoint of step %d', step)
+            break
     return step, last
 
 
