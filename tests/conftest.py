@@ -74,6 +74,20 @@ def ptbxl_tfds_dir(ptbxl_dir, tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope='session')
+def synthetic_tfds_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir holding the offline `synthetic_ecg` source and its lead
+  statistics (from 64 records), built once per test session."""
+  from jepa_ecg.data import source_stats  # pylint: disable=g-import-not-at-top
+  from tfds_builders import build  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp('synthetic_tfds'))
+  build.build_dataset('synthetic_ecg', data_dir)
+  source_stats.save_lead_stats(
+      source_stats.compute_lead_stats('synthetic', data_dir, max_records=64), 'synthetic',
+      data_dir)
+  return data_dir
+
+
+@pytest.fixture(scope='session')
 def official_dir() -> pathlib.Path:
   """The published code's checkout ($JEPA_ECG_OFFICIAL_DIR, by default
   ../shared/reference/official-ECG-JEPA)."""

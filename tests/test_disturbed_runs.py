@@ -51,17 +51,6 @@ def _cmd(workdir, data_dir, total_steps, *extra):
             *extra]
 
 
-@pytest.fixture(scope='module')
-def synthetic_tfds_dir(tmp_path_factory):
-    from jepa_ecg.data import stats  # pylint: disable=g-import-not-at-top
-    from tfds_builders import build  # pylint: disable=g-import-not-at-top
-    data_dir = str(tmp_path_factory.mktemp('tfds'))
-    build.build_dataset('synthetic_ecg', data_dir)
-    stats.save_lead_stats(stats.compute_lead_stats('synthetic', data_dir, max_records=64),
-                          'synthetic', data_dir)
-    return data_dir
-
-
 # ----------------------------------------------------------------------------- lock
 def test_a_busy_workdir_is_refused_naming_the_holder(tmp_path):
     holder = _hold(tmp_path)

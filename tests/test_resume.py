@@ -14,21 +14,10 @@ import pytest
 
 from conftest import REPO
 from jepa_ecg.training import checkpoint
-from tfds_builders import build
 
 # The file name of a Python absl INFO line (TensorFlow's C++ logging, which
 # prints before absl starts, writes 'I0000 00:00:<epoch>' and is not matched).
 ABSL_INFO = re.compile(r'^I\d{4} \d\d:\d\d:\d\d\.\d{6}\s+\d+ ([\w.]+):\d+\]', re.M)
-
-
-@pytest.fixture(scope='module')
-def synthetic_data_dir(tmp_path_factory):
-    from jepa_ecg.data import source_stats as stats
-    data_dir = str(tmp_path_factory.mktemp('tfds'))
-    build.build_dataset('synthetic_ecg', data_dir)
-    stats.save_lead_stats(stats.compute_lead_stats('synthetic', data_dir, max_records=64),
-                          'synthetic', data_dir)
-    return data_dir
 
 
 def _cmd(workdir, data_dir, total_steps):
@@ -59,18 +48,18 @@ def _leaves(tree):
     return jax.tree_util.tree_leaves(tree)
 
 
-def test_kill_and_resume_is_exact(tmp_path, synthetic_data_dir):
+def test_kill_and_resume_is_exact(tmp_path, synthetic_tfds_dir):
     # Many steps after the kill point, so the kill lands mid-run however
     # fast the machine is.
     total, kill_after = 60, 5
     straight = str(tmp_path / 'straight')
-    subprocess.run(_cmd(straight, synthetic_data_dir, total), env=_env(), cwd=REPO,
+    subprocess.run(_cmd(straight, synthetic_tfds_dir, total), env=_env(), cwd=REPO,
                    check=True, timeout=900, capture_output=True)
 
     resumed = str(tmp_path / 'resumed')
     log_path = tmp_path / 'killed.log'
     with open(log_path, 'w') as log:
-        proc = subprocess.Popen(_cmd(resumed, synthetic_data_dir, total), env=_env(), cwd=REPO,
+        proc = subprocess.Popen(_cmd(resumed, synthetic_tfds_dir, total), env=_env(), cwd=REPO,
                                 stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None:
@@ -91,7 +80,7 @@ def test_kill_and_resume_is_exact(tmp_path, synthetic_data_dir):
     with open(os.path.join(partial, 'state', '_METADATA'), 'w') as f:
         f.write('{"tree_metadata": {"trunc')
 
-    out = subprocess.run(_cmd(resumed, synthetic_data_dir, total), env=_env(), cwd=REPO,
+    out = subprocess.run(_cmd(resumed, synthetic_tfds_dir, total), env=_env(), cwd=REPO,
                          check=True, timeout=900, capture_output=True, text=True)
     assert f'resuming at step {max(complete)}' in out.stderr
     assert not os.path.exists(partial)
@@ -135,15 +124,15 @@ def _run_until(cmd, workdir, steps, sig, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigint_and_sigterm_save_the_step_and_resume_exactly(tmp_path, synthetic_data_dir):
+def test_sigint_and_sigterm_save_the_step_and_resume_exactly(tmp_path, synthetic_tfds_dir):
     # No periodic checkpoint in reach: whatever is saved is saved by the signals.
     # Steps to spare, so each signal lands mid-run however slow the poll is.
     total = 60
     straight = str(tmp_path / 'straight')
-    subprocess.run(_cmd(straight, synthetic_data_dir, total) + ['--config.checkpoint_every=1000'],
+    subprocess.run(_cmd(straight, synthetic_tfds_dir, total) + ['--config.checkpoint_every=1000'],
                    env=_env(), cwd=REPO, check=True, timeout=900, capture_output=True)
     stopped = str(tmp_path / 'stopped')
-    cmd = _cmd(stopped, synthetic_data_dir, total) + ['--config.checkpoint_every=1000']
+    cmd = _cmd(stopped, synthetic_tfds_dir, total) + ['--config.checkpoint_every=1000']
     saved = [0]
     for sig in (signal.SIGINT, signal.SIGTERM):
         # Rows past the last save come from this process only (a resume drops the others).
