@@ -36,6 +36,7 @@ def smoke(tmp_path_factory):
     return lines, out_file
 
 
+@pytest.mark.slow
 def test_smoke_prints_comparable_json_lines(smoke):
     lines, out_file = smoke
     # The step runs first so that the pipeline line can carry both rates.

@@ -47,6 +47,7 @@ def _run(cfg, params, x, m, dtype):
     return loss, targets, preds, grads
 
 
+@pytest.mark.slow
 def test_bf16_targets_and_predictions_are_float32(setup):
     cfg, params, x, m = setup
     _, targets, preds, grads = _run(cfg, params, x, m, 'bfloat16')

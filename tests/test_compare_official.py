@@ -16,6 +16,9 @@ pytest.importorskip(
 
 from experiments import side_by_side  # noqa: E402
 
+# Full tier (make test-all): see README's test tiers.
+pytestmark = pytest.mark.slow
+
 
 def _side_by_side(tmp_path, data_dir, *extra):
     return subprocess.run(

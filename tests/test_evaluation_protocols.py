@@ -93,6 +93,7 @@ def _record_logits(model, params, task, split, crop=250, stride=125):
 
 # ---------------------------------------------------------------- classifier modules
 
+@pytest.mark.slow
 def test_heads_read_the_register_and_dropout_lives_in_the_encoder():
     cfg = model_config('tiny', fs=FS)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 250, 12))
@@ -227,6 +228,7 @@ def test_protocol_configs_follow_the_reference():
 
 # ---------------------------------------------------------------- best checkpoint, early stop
 
+@pytest.mark.slow
 def test_best_checkpoint_and_early_stopping_when_validation_peaks_early(tmp_path):
     dataset = _synthetic_task(flip_eval=True, offset=0.05)
     config = _config('finetune,smoke', total_steps=80, eval_every=4, patience=12,
@@ -261,6 +263,7 @@ def test_best_checkpoint_and_early_stopping_when_validation_peaks_early(tmp_path
         res['test']['macro_auc_ci'][1]
 
 
+@pytest.mark.slow
 def test_learnable_task_improves_and_linear_keeps_the_encoder_frozen(tmp_path):
     dataset = _synthetic_task(flip_eval=False)
     config = _config('linear,smoke', total_steps=24, eval_every=8, learning_rate=1e-2)

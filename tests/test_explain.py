@@ -78,6 +78,7 @@ def burst_classifier():
                                      class_names=['burst'])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', explain.METHODS)
 def test_relevance_concentrates_on_the_class_evidence(burst_classifier, method):
     rec = synthetic.generate_record(3, 500, fs=FS)['signal'].copy()  # unseen background
@@ -119,6 +120,7 @@ def test_integrated_gradients_add_up_to_the_logit_difference(burst_classifier):
     assert exp.relevance.shape[1] == -(-len(x) // 5)  # a partial last patch counts
 
 
+@pytest.mark.slow
 def test_pooler_attention_reproduces_the_head():
     cfg = model_config('tiny', fs=FS)
     model = build_classifier(cfg, 4, head='attentive')
@@ -170,6 +172,7 @@ def test_explain_cli_on_real_ptbxl_files(ptbxl_dir, tmp_path):
         assert all(p.stat().st_size > 10_000 for p in pngs)
 
 
+@pytest.mark.slow
 def test_explain_cli_errors(tmp_path, capsys):
     cfg = model_config('tiny', fs=FS)
     model = build_classifier(cfg, 2, head='register')

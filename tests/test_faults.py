@@ -61,6 +61,7 @@ def damaged_run(tmp_path_factory):
 
 
 # ------------------------------------------------ class: a corrupt newest checkpoint
+@pytest.mark.slow
 def test_resume_skips_a_damaged_newest_checkpoint(damaged_run, caplog):
     workdir, cfg = damaged_run
     caplog.set_level(logging.INFO)
@@ -111,6 +112,7 @@ def test_export_and_embed_skip_a_damaged_newest_checkpoint(damaged_run, tmp_path
         assert np.isfinite(z['mean']).all() and z['mean'].shape[0] == 1
 
 
+@pytest.mark.slow
 def test_no_checkpoint_restores_is_a_clear_error(tmp_path, damaged_run, capsys):
     workdir, cfg = damaged_run
     broken = tmp_path / 'broken'
@@ -162,6 +164,7 @@ def test_record_at_an_implausible_stored_rate_is_refused(tmp_path, fs):
 
 
 # ------------------------------------------------------- first run: PTB-XL not built
+@pytest.mark.slow
 def test_finetune_without_ptbxl_names_the_build_command(tmp_path):
     empty, workdir = tmp_path / 'tfds', tmp_path / 'ft'
     empty.mkdir()

@@ -39,6 +39,9 @@ from jepa_ecg.models.classifier import build_classifier  # noqa: E402
 from jepa_ecg.models.config import model_config  # noqa: E402
 from jepa_ecg.training import finetune_step, optim  # noqa: E402
 
+# Full tier (make test-all): see README's test tiers.
+pytestmark = pytest.mark.slow
+
 FS, CROP, STRIDE, RECORD = 100.0, 250, 125, 1000
 BATCH, NUM_CLASSES = 4, 5
 # Per-leaf relative L2 error allowed between the two implementations.

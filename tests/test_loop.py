@@ -93,6 +93,7 @@ def test_config_checks_list_the_choices(tmp_path):
     assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.slow
 def test_bad_config_is_a_usage_error_before_any_work(tmp_path):
     workdir = tmp_path / 'run'
     proc = subprocess.run(
@@ -129,6 +130,7 @@ def _config(steps):
     return c
 
 
+@pytest.mark.slow
 def test_stops_with_a_clear_message_on_nan(tmp_path):
     c = _config(10)
     cfg = model_config_from(c)
@@ -139,6 +141,7 @@ def test_stops_with_a_clear_message_on_nan(tmp_path):
     assert steps and max(steps) == 2
 
 
+@pytest.mark.slow
 def test_logs_metrics_and_event_files(tmp_path):
     c = _config(4)
     cfg = model_config_from(c)

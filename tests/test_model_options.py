@@ -68,6 +68,7 @@ def xs_params():
     return out
 
 
+@pytest.mark.slow
 def test_xavier_bounds_and_variances_per_layer(xs_params):
     cfg, flat = xs_params['xavier']
     kernels = all_kernels(cfg)
@@ -106,6 +107,7 @@ def test_tokens_are_trunc_normal_in_both_modes(xs_params):
         np.testing.assert_array_equal(xa[name], 1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('head', ['attentive', 'register'])
 def test_heads_follow_the_encoder_init(head):
     cfg = model_config('XS', fs=100, init='xavier')
@@ -186,6 +188,7 @@ def _perturb_ln_biases(params, rng):
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), leaves)
 
 
+@pytest.mark.slow
 def test_nonzero_layernorm_biases_change_the_outputs():
     cfg = model_config('tiny', fs=100, norm_bias=True)
     params = jepa_step.init_params(jax.random.PRNGKey(0), cfg)
@@ -205,6 +208,7 @@ def test_nonzero_layernorm_biases_change_the_outputs():
     assert float(jnp.abs(pa - pb).max()) > 1e-3
 
 
+@pytest.mark.slow
 def test_config_round_trips(tmp_path):
     cfg = model_config('tiny', fs=100, init='xavier', norm_bias=True)
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

@@ -67,6 +67,7 @@ def test_no_biases_and_init_scheme():
     assert enc['registers'].shape == (1, 1, cfg.dim)
 
 
+@pytest.mark.slow
 def test_encoder_masked_equals_gathered_full_free_tokens():
     """Encoding kept tokens with padding equals encoding them without padding."""
     cfg, params = _params('tiny', fs=100)

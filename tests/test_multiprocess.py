@@ -6,8 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO
+
+# Full tier (make test-all): see README's test tiers.
+pytestmark = pytest.mark.slow
 
 WORKER = str(REPO / 'tests' / 'multiprocess_worker.py')
 

@@ -13,6 +13,9 @@ import sys
 
 import pytest
 
+# Full tier (make test-all): see README's test tiers.
+pytestmark = pytest.mark.slow
+
 nbformat = pytest.importorskip('nbformat')
 nbclient = pytest.importorskip('nbclient')
 pytest.importorskip('ipykernel')

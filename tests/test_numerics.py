@@ -22,6 +22,9 @@ from jepa_ecg.training import jepa_step as jepa
 from jepa_ecg.models import build_encoder, build_predictor, layers
 from jepa_ecg.models.layers import layer_norm, sincos_pos_embed, trunc_normal
 
+# Full tier (make test-all): see README's test tiers.
+pytestmark = pytest.mark.slow
+
 
 # ------------------------------------------------ reference (straightforward)
 def ref_attention(q, k, v, mask=None):

@@ -37,6 +37,9 @@ from jepa_ecg.models.config import model_config_from  # noqa: E402
 from jepa_ecg.training import jepa_step as jepa  # noqa: E402
 from jepa_ecg.training import optim  # noqa: E402
 
+# Full tier (make test-all): see README's test tiers.
+pytestmark = pytest.mark.slow
+
 MICRO_BATCH = 4
 # Per-leaf relative L2 error allowed between the two implementations.
 PARAM_TOL = 2e-6

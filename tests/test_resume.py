@@ -15,6 +15,9 @@ import pytest
 from conftest import REPO
 from jepa_ecg.training import checkpoint
 
+# Full tier (make test-all): see README's test tiers.
+pytestmark = pytest.mark.slow
+
 # The file name of a Python absl INFO line (TensorFlow's C++ logging, which
 # prints before absl starts, writes 'I0000 00:00:<epoch>' and is not matched).
 ABSL_INFO = re.compile(r'^I\d{4} \d\d:\d\d:\d\d\.\d{6}\s+\d+ ([\w.]+):\d+\]', re.M)

@@ -4,6 +4,9 @@ import pytest
 
 from experiments import step_profile
 
+# Full tier (make test-all): see README's test tiers.
+pytestmark = pytest.mark.slow
+
 
 def test_matmul_sizes_and_op_kinds():
     # (2, 3, 4) x (2, 4, 5), batch dim 0, contracting lhs 2 / rhs 1.

@@ -48,6 +48,7 @@ def _run(n_devices, steps=2, batch_size=8, **kw):
     return jax.device_get(state), losses
 
 
+@pytest.mark.slow
 def test_one_vs_two_devices_agree():
     assert len(jax.devices()) >= 2, 'conftest sets 4 fake CPU devices'
     s1, l1 = _run(1)
@@ -60,6 +61,7 @@ def test_one_vs_two_devices_agree():
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_full_batch_gradient():
     # With the same masks, 2 micro-batches of 4 average to the gradient of 8.
     s_full, l_full = _run(1, steps=1)
@@ -70,6 +72,7 @@ def test_gradient_accumulation_matches_full_batch_gradient():
         np.testing.assert_allclose(a, b, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_recompilation_is_bounded():
     """The kept-token count varies per batch; compiled shapes stay <= 3."""
     config, cfg, schedules, tx = _setup()
@@ -86,6 +89,7 @@ def test_recompilation_is_bounded():
     assert step._cache_size() <= 3  # ... but only bucketed shapes compiled
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params():
     state, losses = _run(1, steps=2, tokens='vit_tiny,smoke,100hz,bf16')
     assert np.isfinite(losses).all()
@@ -94,6 +98,7 @@ def test_bfloat16_compute_keeps_float32_params():
     assert abs(losses[0] - f32_losses[0]) < 0.05 * abs(f32_losses[0])
 
 
+@pytest.mark.slow
 def test_weight_decay_only_on_weight_matrices():
     config, cfg, schedules, tx = _setup()
     params = jepa.init_params(jax.random.PRNGKey(0), cfg)
