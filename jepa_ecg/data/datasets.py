@@ -93,8 +93,7 @@ class SplitReader:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Record `index` as a dict of numpy values (`signal` is (T, 12) float32, mV)."""
-        feature = tf_example_pb2.Example.FromString(
-            self._source[int(index)]).features.feature
+        feature = tf_example_pb2.Example.FromString(self.raw(index)).features.feature
         out = {k: spec.decode(feature[k] if k in feature else None)
                for k, spec in self._specs.items()}
         if 'signal' in out:
@@ -102,6 +101,11 @@ class SplitReader:
         if 'fs' in out and out['fs'] is None:
             out['fs'] = self.default_fs
         return out
+
+    def raw(self, index: int) -> bytes:
+        """The serialized example of record `index`, as ArrayRecord's reader
+        returns it (checksums verified)."""
+        return self._source[int(index)]
 
     def read(self, index: int) -> tuple[np.ndarray, float]:
         """(signal, fs) of record `index`: (T, 12) float32 in mV (may be read-only)."""
