@@ -82,10 +82,10 @@ flags.DEFINE_multi_integer('worker_count', [0], 'Grain worker processes of the p
                            '(repeatable: one measurement each; 0 = threads in this process).')
 flags.DEFINE_string('encoder', None, 'Encoder directory for --what=embed (default: random '
                     'weights of --variant).')
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_string('official_dir', os.environ.get('JEPA_ECG_OFFICIAL_DIR', os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    'shared', 'reference', 'official-ECG-JEPA')), 'The published code, for '
-    '--what=pipeline_vs_published.')
+    _REPO, '..', 'shared', 'reference', 'official-ECG-JEPA')), 'The published code '
+                    '(--what=pipeline_vs_published).')
 flags.DEFINE_string('out', None, 'Also append the JSON lines to this file.')
 
 _LAST_STEP_RATE: dict = {}
@@ -126,11 +126,10 @@ class PeakRss:
 
 def _commit() -> str | None:
     try:
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=repo,
+        out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=_REPO,
                              capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
-                               cwd=repo, capture_output=True, text=True, timeout=10).stdout
+                               cwd=_REPO, capture_output=True, text=True, timeout=10).stdout
         return out.stdout.strip() + ('+dirty' if dirty.strip() else '') if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -361,11 +360,14 @@ def bench_pipeline_vs_published(s: dict, batch: int) -> dict:
     """Our pipeline and the published in-memory loader, alternating in this
     process (experiments/pipeline_bench.py:compare_published)."""
     sharding.hide_accelerators_from_tensorflow()
-    cfg = model_config(s['variant'], fs=s['fs'], window_seconds=s['window_seconds'])
-    tmp = None
+    cfg, tmp = model_config(s['variant'], fs=s['fs'], window_seconds=s['window_seconds']), None
     if FLAGS.data_dir:
         data_dir, sources = FLAGS.data_dir, None
-        (source,) = [n for n, w in MIXTURES[FLAGS.mixture].items() if w > 0]
+        names = [n for n, w in MIXTURES[FLAGS.mixture].items() if w > 0]
+        if len(names) != 1:
+            raise app.UsageError(f'--mixture={FLAGS.mixture} has {len(names)} sources; the '
+                                 'published loader is compared on one (e.g. ptbxl_100hz)')
+        source = names[0]
         stats.ensure_lead_stats(source, data_dir)
     else:
         data_dir, mixture, sources = _synthetic_data_dir(FLAGS.smoke)
@@ -379,9 +381,8 @@ def bench_pipeline_vs_published(s: dict, batch: int) -> dict:
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-    return {**_base_record('pipeline_vs_published', s, batch), 'records_per_s':
-            r['ours_records_per_s'], 'peak_rss_mb': psutil.Process().memory_info().rss / 2**20,
-            'compile_s': None, **r}
+    return {**_base_record('pipeline_vs_published', s, batch), 'compile_s': None,
+            'records_per_s': r['ours_records_per_s'], 'peak_rss_mb': r['rss_peak_mb'], **r}
 
 
 # ------------------------------------------------------------------- embed

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -187,8 +188,8 @@ def compare_published(official_dir: str, source: str, *, data_dir: str,
     Returns:
       dict with `ours_records_per_s`, `published_records_per_s` (medians),
       `ratio` (median of the per-repetition ratios), the same per CPU
-      second (`*_records_per_cpu_s`, `cpu_ratio`) and the per-repetition
-      figures.
+      second (`*_records_per_cpu_s`, `cpu_ratio`), the per-repetition
+      figures and this process's peak RSS.
     """
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(1)
@@ -241,6 +242,8 @@ def compare_published(official_dir: str, source: str, *, data_dir: str,
         'source': source, 'global_batch_size': global_batch_size, 'fs': fs,
         'window_samples': pipe.length, 'patch_size': patch_size,
         'load_avg_1m': [load_before, os.getloadavg()[0]],
+        # Both sides together (the published one holds every record).
+        'rss_peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 

@@ -120,6 +120,7 @@ def test_flipped_bytes_in_a_shard_are_detected(data_dir, tmp_path):
 @pytest.mark.slow
 def test_benchmark_against_the_published_loader_runs(official_dir):
     """`--what=pipeline_vs_published` (smoke) prints both rates and their ratio."""
+    pytest.importorskip('torch')
     import json  # pylint: disable=g-import-not-at-top
     import subprocess  # pylint: disable=g-import-not-at-top
     import sys  # pylint: disable=g-import-not-at-top
