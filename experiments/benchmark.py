@@ -3,6 +3,8 @@ r"""Throughput benchmarks: pre-training step, input pipeline, embedding.
   python -m experiments.benchmark --what=train_step --variant=XS --batch=32 --fs=500
   python -m experiments.benchmark --what=train_step --what=pipeline   # both rates together
   python -m experiments.benchmark --what=embed --batch=64
+  python -m experiments.benchmark --what=pipeline_vs_published --data_dir=DIR \
+      --mixture=ptbxl_100hz --fs=100 --batch=256   # ours / the published loader
   make bench            # all three at the defaults
   python -m experiments.benchmark --smoke --what=train_step   # seconds, tiny model
 
@@ -54,7 +56,8 @@ from jepa_ecg.training import jepa_step as jepa  # noqa: E402
 from tfds_builders import build  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_enum('what', ['train_step'], ['train_step', 'pipeline', 'embed'],
+flags.DEFINE_multi_enum('what', ['train_step'], ['train_step', 'pipeline', 'embed',
+                                                 'pipeline_vs_published'],
                         'What to measure (repeatable).')
 flags.DEFINE_string('variant', 'XS', 'Model variant: XS, S, B or tiny (vit_xs etc. accepted).')
 flags.DEFINE_integer('batch', None, 'Global batch size (default 32, 64 for embed; 8 with --smoke).')
@@ -79,6 +82,10 @@ flags.DEFINE_multi_integer('worker_count', [0], 'Grain worker processes of the p
                            '(repeatable: one measurement each; 0 = threads in this process).')
 flags.DEFINE_string('encoder', None, 'Encoder directory for --what=embed (default: random '
                     'weights of --variant).')
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+flags.DEFINE_string('official_dir', os.environ.get('JEPA_ECG_OFFICIAL_DIR', os.path.join(
+    _REPO, '..', 'shared', 'reference', 'official-ECG-JEPA')), 'The published code '
+                    '(--what=pipeline_vs_published).')
 flags.DEFINE_string('out', None, 'Also append the JSON lines to this file.')
 
 _LAST_STEP_RATE: dict = {}
@@ -119,11 +126,10 @@ class PeakRss:
 
 def _commit() -> str | None:
     try:
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=repo,
+        out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=_REPO,
                              capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
-                               cwd=repo, capture_output=True, text=True, timeout=10).stdout
+                               cwd=_REPO, capture_output=True, text=True, timeout=10).stdout
         return out.stdout.strip() + ('+dirty' if dirty.strip() else '') if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -350,6 +356,35 @@ def bench_pipeline_suite(s: dict, batch: int) -> list[dict]:
              'description': r['description'], 'data_dir': data_dir} for r in results]
 
 
+def bench_pipeline_vs_published(s: dict, batch: int) -> dict:
+    """Our pipeline and the published in-memory loader, alternating in this
+    process (experiments/pipeline_bench.py:compare_published)."""
+    sharding.hide_accelerators_from_tensorflow()
+    cfg, tmp = model_config(s['variant'], fs=s['fs'], window_seconds=s['window_seconds']), None
+    if FLAGS.data_dir:
+        data_dir, sources = FLAGS.data_dir, None
+        names = [n for n, w in MIXTURES[FLAGS.mixture].items() if w > 0]
+        if len(names) != 1:
+            raise app.UsageError(f'--mixture={FLAGS.mixture} has {len(names)} sources; the '
+                                 'published loader is compared on one (e.g. ptbxl_100hz)')
+        source = names[0]
+        stats.ensure_lead_stats(source, data_dir)
+    else:
+        data_dir, mixture, sources = _synthetic_data_dir(FLAGS.smoke)
+        (source,), tmp = mixture, data_dir
+    try:
+        r = pipeline_bench.compare_published(
+            FLAGS.official_dir, source, data_dir=data_dir, global_batch_size=batch,
+            fs=cfg.fs, window_seconds=cfg.window_seconds, patch_size=cfg.patch_size,
+            keep_ratio_range=s['keep_ratio'], reps=max(2, s['reps']),
+            steps_per_rep=s['steps_per_rep'] * 4, seed=FLAGS.seed, sources=sources)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {**_base_record('pipeline_vs_published', s, batch), 'compile_s': None,
+            'records_per_s': r['ours_records_per_s'], 'peak_rss_mb': r['rss_peak_mb'], **r}
+
+
 # ------------------------------------------------------------------- embed
 def bench_embed(s: dict, batch: int) -> dict:
     """Records/s of the encoder forward pass on full windows (inference)."""
@@ -391,8 +426,9 @@ def bench_embed(s: dict, batch: int) -> dict:
     }
 
 
-BENCHMARKS = {'train_step': bench_train_step, 'pipeline': bench_pipeline, 'embed': bench_embed}
-DEFAULT_BATCH = {'train_step': 32, 'pipeline': 32, 'embed': 64}
+BENCHMARKS = {'train_step': bench_train_step, 'pipeline': bench_pipeline, 'embed': bench_embed,
+              'pipeline_vs_published': bench_pipeline_vs_published}
+DEFAULT_BATCH = {'train_step': 32, 'pipeline': 32, 'embed': 64, 'pipeline_vs_published': 256}
 
 
 def main(argv):
@@ -400,7 +436,7 @@ def main(argv):
         raise app.UsageError('Too many command-line arguments.')
     s = _settings()
     # Measure the step first so the pipeline line can report both rates.
-    order = sorted(set(FLAGS.what), key=['train_step', 'pipeline', 'embed'].index)
+    order = sorted(set(FLAGS.what), key=list(BENCHMARKS).index)
     for what in order:
         batch = FLAGS.batch or (8 if FLAGS.smoke else DEFAULT_BATCH[what])
         result = BENCHMARKS[what](s, batch)

@@ -1,5 +1,8 @@
 """Pre-training input pipeline benchmark (`python -m experiments.benchmark --what=pipeline`).
 
+`compare_published` (`--what=pipeline_vs_published`) times our pipeline and
+the published code's in-memory loader back to back in one process.
+
 The standard cases read the offline synthetic source at two dataset sizes
 (memory must not grow with the dataset) and at a rate that needs
 resampling, 10 s windows at 500 Hz with masks, each in a fresh Python
@@ -10,13 +13,17 @@ process so its peak RSS is its own:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import time
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import psutil
 
 from jepa_ecg.data import pretrain
@@ -92,6 +99,151 @@ def measure(mixture: Mapping[str, float], *, data_dir: str, global_batch_size: i
         'rss_start_mb': rss_start, 'rss_peak_mb': peak, 'rss_end_mb': _rss_mb(),
         'num_threads': threads, 'worker_count': worker_count,
         'global_batch_size': global_batch_size,
+    }
+
+
+def _load_official(official_dir: str, relpath: str) -> Any:
+    """One module of the published code, loaded from its file under a private
+    name (its `data/` files import nothing of their own package)."""
+    path = os.path.join(official_dir, relpath)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path}: not found; pass the published code\'s folder '
+                                '(--official_dir or $JEPA_ECG_OFFICIAL_DIR)')
+    name = '_published_' + relpath.replace('/', '_')[:-3]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _PublishedCrop:
+    """The published pretrain.py's per-access transform (`TransformECG`):
+    a random crop, channels first, a float32 torch tensor."""
+
+    def __init__(self, transforms: Any, crop_size: int):
+        self.transforms, self.crop_size = transforms, crop_size
+
+    def __call__(self, x: np.ndarray):
+        import torch  # pylint: disable=g-import-not-at-top
+        x = self.transforms.random_crop(x, self.crop_size).transpose()
+        return torch.from_numpy(x).float()
+
+
+def published_loader(official_dir: str, reader: Any, lead_stats: Any, *, batch_size: int,
+                     fs: float, crop_size: int, patch_size: int, keep_ratio_range,
+                     min_block_size: int):
+    """The published code's pre-training loader over the records of `reader`.
+
+    As its pretrain.py does: every record read once into one float16 array
+    (its `PreprocessECG`: NaNs interpolated, resampled, normalised with the
+    given mean/std, clipped to [-5, 5]), held in memory by its `TensorDataset`,
+    drawn by its `DatasetRouter`, cropped per access, batched by a torch
+    `DataLoader` whose collate function is its `MaskCollator`. The records
+    must be at least `crop_size` samples at `fs` (its `.npy` layout).
+
+    Returns:
+      (DataLoader, records held).
+    """
+    from torch.utils.data import DataLoader  # pylint: disable=g-import-not-at-top
+    transforms = _load_official(official_dir, 'data/transforms.py')
+    utils = _load_official(official_dir, 'data/utils.py')
+    masks = _load_official(official_dir, 'data/masks.py')
+    mean = np.asarray(lead_stats.mean, np.float16)[None]
+    std = np.asarray(lead_stats.std, np.float16)[None]
+    data = None
+    for i in range(len(reader)):
+        signal, record_fs = reader.read(i)
+        x = signal.astype(np.float16)  # its dumps are float16
+        transforms.interpolate_NaNs_(x)
+        if record_fs != fs:
+            x = transforms.resample(x, int(fs / record_fs * x.shape[0]))
+        x = transforms.normalize_(x, mean_std=(mean, std))
+        x.clip(-5, 5, out=x)
+        if data is None:
+            data = np.empty((len(reader), crop_size, x.shape[1]), np.float16)
+        data[i] = x[:crop_size]  # one length for all, as in its .npy dumps
+    dataset = utils.TensorDataset(data=data, transform=_PublishedCrop(transforms, crop_size))
+    loader = DataLoader(
+        dataset=utils.DatasetRouter([(dataset, 1.0)]), batch_size=batch_size,
+        collate_fn=masks.MaskCollator(patch_size=patch_size, min_block_size=min_block_size,
+                                      min_keep_ratio=keep_ratio_range[0],
+                                      max_keep_ratio=keep_ratio_range[1]),
+        num_workers=0)
+    return loader, len(data)
+
+
+def compare_published(official_dir: str, source: str, *, data_dir: str,
+                      global_batch_size: int = 256, fs: float, window_seconds: float = 10.0,
+                      patch_size: int, keep_ratio_range=(0.15, 0.25),
+                      min_block_size: int = 10, reps: int = 7, steps_per_rep: int = 8,
+                      seed: int = 0, sources: Mapping[str, Source] | None = None) -> dict:
+    """Records/s of our pipeline and of the published loader, back to back.
+
+    Both run in the calling thread on one core (torch limited to one
+    thread, no worker processes, nothing prepared ahead), so the figures
+    compare the work per batch: the records of `source`'s pre-training
+    split, the same batch size, window and block masks. The repetitions
+    alternate (the side going first alternates too).
+
+    Returns:
+      dict with `ours_records_per_s`, `published_records_per_s` (medians),
+      `ratio` (median of the per-repetition ratios), the same per CPU
+      second (`*_records_per_cpu_s`, `cpu_ratio`), the per-repetition
+      figures and this process's peak RSS.
+    """
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(1)
+    pipe = pretrain.PretrainPipeline(
+        {source: 1.0}, data_dir=data_dir, global_batch_size=global_batch_size, fs=fs,
+        window_seconds=window_seconds, patch_size=patch_size,
+        keep_ratio_range=keep_ratio_range, min_block_size=min_block_size, seed=seed,
+        sources=sources)
+    opened = pipe._read.opened[0]  # pylint: disable=protected-access
+    loader, held = published_loader(
+        official_dir, opened.reader, opened.stats, batch_size=global_batch_size, fs=fs,
+        crop_size=pipe.length, patch_size=patch_size, keep_ratio_range=keep_ratio_range,
+        min_block_size=min_block_size)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    published = iter(loader)
+    step = 0
+
+    def ours() -> None:
+        nonlocal step
+        pipe.batch(step)
+        step += 1
+
+    sides = {'ours': ours, 'published': lambda: next(published)}
+    for run in sides.values():  # warm-up
+        run()
+    rates = {name: [] for name in sides}
+    cpu_rates = {name: [] for name in sides}
+    load_before = os.getloadavg()[0]
+    records = steps_per_rep * global_batch_size
+    for r in range(reps):
+        for name in (sorted(sides) if r % 2 else sorted(sides, reverse=True)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(steps_per_rep):
+                sides[name]()
+            rates[name].append(records / (time.perf_counter() - t0))
+            cpu_rates[name].append(records / max(time.process_time() - c0, 1e-9))
+    ratios = [o / p for o, p in zip(rates['ours'], rates['published'])]
+    cpu_ratios = [o / p for o, p in zip(cpu_rates['ours'], cpu_rates['published'])]
+    return {
+        'ours_records_per_s': statistics.median(rates['ours']),
+        'published_records_per_s': statistics.median(rates['published']),
+        'ratio': statistics.median(ratios), 'ratios': ratios,
+        # CPU seconds of this process: less disturbed by other tenants.
+        'ours_records_per_cpu_s': statistics.median(cpu_rates['ours']),
+        'published_records_per_cpu_s': statistics.median(cpu_rates['published']),
+        'cpu_ratio': statistics.median(cpu_ratios),
+        'ours_reps': rates['ours'], 'published_reps': rates['published'],
+        'reps': reps, 'steps_per_rep': steps_per_rep, 'records_held': held,
+        'source': source, 'global_batch_size': global_batch_size, 'fs': fs,
+        'window_samples': pipe.length, 'patch_size': patch_size,
+        'load_avg_1m': [load_before, os.getloadavg()[0]],
+        # Both sides together (the published one holds every record).
+        'rss_peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 

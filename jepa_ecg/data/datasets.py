@@ -99,11 +99,27 @@ class SplitReader:
         """Record `index` as a dict of numpy values (`signal` is (T, 12) float32, mV).
 
         Raises:
+          DatasetReadError: the file holding it is damaged (see `raw`).
+        """
+        feature = tf_example_pb2.Example.FromString(self.raw(index)).features.feature
+        out = {k: spec.decode(feature[k] if k in feature else None)
+               for k, spec in self._specs.items()}
+        if 'signal' in out:
+            out['signal'] = out['signal'].reshape(-1, NUM_LEADS)
+        if 'fs' in out and out['fs'] is None:
+            out['fs'] = self.default_fs
+        return out
+
+    def raw(self, index: int) -> bytes:
+        """The serialized example of record `index`, as ArrayRecord's reader
+        returns it (checksums verified).
+
+        Raises:
           DatasetReadError: the file holding it is damaged (names the file and
             the command that rebuilds the dataset).
         """
         try:
-            raw = self._source[int(index)]
+            return self._source[int(index)]
         except RuntimeError as e:
             # Riegeli (ArrayRecord's container) checks a hash per chunk.
             if 'Riegeli' not in str(e) and 'orrupt' not in str(e):
@@ -112,14 +128,6 @@ class SplitReader:
                 f'dataset {self.tfds_name!r} in {self.data_dir}: {self._file_of(index)} is '
                 f'damaged ({str(e).splitlines()[0][:120]}); rebuild it with '
                 f'{build.build_command(self.tfds_name, self.data_dir)} --overwrite') from None
-        feature = tf_example_pb2.Example.FromString(raw).features.feature
-        out = {k: spec.decode(feature[k] if k in feature else None)
-               for k, spec in self._specs.items()}
-        if 'signal' in out:
-            out['signal'] = out['signal'].reshape(-1, NUM_LEADS)
-        if 'fs' in out and out['fs'] is None:
-            out['fs'] = self.default_fs
-        return out
 
     def _file_of(self, index: int) -> str:
         """The ArrayRecord file holding record `index` (its split's files if unknown)."""

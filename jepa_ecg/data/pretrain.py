@@ -15,9 +15,11 @@ flight:
 
 So batch(step) is a pure function of (seed, step, process): a resumed run
 starts the dataset at its step and needs no iterator state. Reading goes
-through `data/datasets.py` (random access to ArrayRecord) and what the
-model sees through THE preprocessing function (`data/preprocess.py`), the
-same that fine-tuning and inference call. `worker_count > 0` runs the
+through `data/datasets.py` (random access to ArrayRecord, checksums
+verified by its reader; `data/example_wire.py` takes the signal from the
+record's bytes without parsing the whole example) and what the model sees
+through THE preprocessing function (`data/preprocess.py`), the same that
+fine-tuning and inference call. `worker_count > 0` runs the
 reading and preprocessing in Grain worker processes.
 
     pipe = PretrainPipeline(sources.MIXTURES['synthetic'], data_dir=data_dir,
@@ -42,6 +44,7 @@ import numpy as np
 from absl import flags
 
 from jepa_ecg.data import datasets
+from jepa_ecg.data import example_wire
 from jepa_ecg.data import masking
 from jepa_ecg.data import preprocess as preprocess_lib
 from jepa_ecg.data import sources as sources_lib
@@ -92,6 +95,7 @@ class _Assemble:
 
     def __init__(self, opened: list[_OpenSource], fs: float, length: int, seed: int):
         self.opened, self.fs, self.length, self.seed = opened, fs, length, seed
+        self._decoders = [example_wire.SignalDecoder(o.reader) for o in opened]
         self.records_read = 0
         self.dropped_short_records = collections.Counter()
 
@@ -107,11 +111,11 @@ class _Assemble:
         src = self.opened[source_id]
         rng = None
         for attempt in range(MAX_REDRAWS + 1):
-            ex = src.reader[record]
+            signal, fs = self._decoders[source_id](record)
             self.records_read += 1
             try:
                 preprocess_lib.preprocess(
-                    ex['signal'], ex['fs'], LEADS, target_fs=self.fs, stats=src.stats,
+                    signal, fs, LEADS, target_fs=self.fs, stats=src.stats,
                     highpass_hz=src.source.highpass_hz,
                     window=preprocess_lib.Window(self.length, _unit_float(self.seed, position)),
                     out=out, finite=True)
