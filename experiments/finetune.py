@@ -79,7 +79,7 @@ def main(argv):
     # Nothing may start the JAX backends before initialize_distributed.
     from jepa_ecg import sharding  # pylint: disable=g-import-not-at-top
     from jepa_ecg.inference import resolve  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.training import config_checks, finetune_loop  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.training import config_checks, finetune_runs  # pylint: disable=g-import-not-at-top
     sharding.initialize_distributed()
     sharding.hide_accelerators_from_tensorflow()
     try:
@@ -90,7 +90,7 @@ def main(argv):
     new_workdir = None if os.path.exists(FLAGS.workdir) else FLAGS.workdir
     with console.run_errors(new_workdir):
         build_data.for_ptbxl(FLAGS.config.data, resolver(FLAGS.task[0], 0).config.fs)
-        summary = finetune_loop.run_all(FLAGS.config, FLAGS.workdir, encoder=resolver,
+        summary = finetune_runs.run_all(FLAGS.config, FLAGS.workdir, encoder=resolver,
                                         tasks=list(FLAGS.task), num_seeds=FLAGS.seeds)
     _print_summary(summary)
     logging.info('results in %s', os.path.join(FLAGS.workdir, 'results.json'))

@@ -27,7 +27,7 @@ from experiments import compare, console, curve_plots  # noqa: E402
 from jepa_ecg import sharding  # noqa: E402
 from jepa_ecg.data import label_fraction  # noqa: E402
 from jepa_ecg.inference import resolve  # noqa: E402
-from jepa_ecg.training import finetune_loop  # noqa: E402
+from jepa_ecg.training import finetune_loop, finetune_runs  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Fine-tuning config file.', lock_config=True)
@@ -67,7 +67,7 @@ def run_sweep(config, workdir: str, encoders: dict, fractions: list, task: str,
     out = {}
     for name, resolver in encoders.items():
         for f in fractions:
-            out.setdefault(name, {})[f] = finetune_loop.run_all(
+            out.setdefault(name, {})[f] = finetune_runs.run_all(
                 fraction_config(config, f, num_train), fraction_dir(workdir, name, f),
                 encoder=resolver, tasks=[task], num_seeds=seeds)
     return out

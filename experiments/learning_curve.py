@@ -30,7 +30,7 @@ from experiments import build_data, compare, console, curve_plots  # noqa: E402
 from experiments.configs.learning_curve import budget_steps  # noqa: E402
 from jepa_ecg import sharding  # noqa: E402
 from jepa_ecg.inference import resolve, runs  # noqa: E402
-from jepa_ecg.training import finetune_loop, jepa_loop  # noqa: E402
+from jepa_ecg.training import finetune_loop, finetune_runs, jepa_loop  # noqa: E402
 from jepa_ecg.training.checkpoint import METRICS_FILE  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -58,7 +58,7 @@ def random_band(config, workdir: str) -> dict:
     runs = [os.path.join(out, config.task, f'seed{k}') for k in range(config.random_seeds)]
     if not all(os.path.exists(os.path.join(r, 'results.json')) for r in runs):
         spec = f'random:{config.pretrain.model.variant}'
-        finetune_loop.run_all(config.linear, out, tasks=[config.task],
+        finetune_runs.run_all(config.linear, out, tasks=[config.task],
                               encoder=resolve.make_resolver(spec, config.linear),
                               num_seeds=config.random_seeds)
     rows = [_run_summary(r) for r in runs]
@@ -90,7 +90,7 @@ def linear_at(config, pre_dir: str, step: int, workdir: str) -> str:
         source = finetune_loop.EncoderSource(
             enc.config, enc.params, lead_stats=enc.lead_stats, spec=f'{pre_dir}@{step}',
             description=f'JEPA target encoder at step {step} of {os.path.abspath(pre_dir)}')
-        finetune_loop.run_all(config.linear, out, encoder=source, tasks=[config.task])
+        finetune_runs.run_all(config.linear, out, encoder=source, tasks=[config.task])
     return run
 
 

@@ -28,7 +28,7 @@ from experiments import compare
 from experiments import torch_reference as ref
 from jepa_ecg.inference import torch_import
 from jepa_ecg.models.config import model_config_from
-from jepa_ecg.training import finetune_loop, jepa_loop, optim
+from jepa_ecg.training import finetune_loop, finetune_runs, jepa_loop, optim
 from jepa_ecg.training import jepa_step as jepa
 
 METRICS = ('loss', 'loss_mean', 'target_std', 'target_rank', 'lr', 'wd', 'momentum', 'grad_norm')
@@ -236,7 +236,7 @@ def probe(linear_config, task: str, cfg, params, out: str, description: str) -> 
     if not os.path.exists(os.path.join(run, 'results.json')):
         source = finetune_loop.EncoderSource(cfg, params, spec=description,
                                              description=description)
-        finetune_loop.run_all(linear_config, out, encoder=source, tasks=[task])
+        finetune_runs.run_all(linear_config, out, encoder=source, tasks=[task])
     return run
 
 

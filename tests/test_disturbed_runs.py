@@ -266,7 +266,7 @@ def test_pretraining_on_a_damaged_dataset_is_one_line(tmp_path, synthetic_tfds_d
 
 # ----------------------------------------------------------------------------- fine-tuning
 def test_sigterm_stops_a_finetuning_run_at_the_step_boundary(tmp_path):
-    from jepa_ecg.training import finetune_loop  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.training import finetune_runs  # pylint: disable=g-import-not-at-top
     # pylint: disable-next=g-import-not-at-top
     from test_evaluation_protocols import _config as ft_config, _source, _synthetic_task
     config = ft_config('linear,smoke', total_steps=50, eval_every=4)
@@ -274,7 +274,7 @@ def test_sigterm_stops_a_finetuning_run_at_the_step_boundary(tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)  # a real signal: the handler only takes note
         assert stop.received == signal.SIGTERM
         with pytest.raises(guard.StopRequested) as e:
-            finetune_loop.train_and_evaluate(config, str(tmp_path / 'run'), encoder=_source(),
+            finetune_runs.train_and_evaluate(config, str(tmp_path / 'run'), encoder=_source(),
                                              task='superdiagnostic',
                                              task_data=_synthetic_task(flip_eval=False),
                                              stop=stop)

@@ -21,6 +21,7 @@ from jepa_ecg.models import ModelConfig, model_config
 from jepa_ecg.models.classifier import build_classifier, init_classifier, probabilities
 from jepa_ecg.training import checkpoint, config_checks, finetune_step, optim
 from jepa_ecg.training import finetune_loop as protocols
+from jepa_ecg.training import finetune_runs
 
 FS = 100.0
 
@@ -178,7 +179,7 @@ def test_bad_encoder_specs_fail_before_any_run(tmp_path):
 def test_finetune_config_checks_name_the_field(field, value, message, tmp_path):
     config = _config('linear,smoke', **{field: value})
     with pytest.raises(config_checks.ConfigError, match=message):
-        protocols.train_and_evaluate(config, str(tmp_path / 'run'), encoder=_source(),
+        finetune_runs.train_and_evaluate(config, str(tmp_path / 'run'), encoder=_source(),
                                      task='superdiagnostic', task_data=_synthetic_task(False))
     assert not (tmp_path / 'run').exists()
 
@@ -234,7 +235,7 @@ def test_best_checkpoint_and_early_stopping_when_validation_peaks_early(tmp_path
     config = _config('finetune,smoke', total_steps=80, eval_every=4, patience=12,
                      learning_rate=1e-3, warmup_steps=2)
     run = str(tmp_path / 'run')
-    res = protocols.train_and_evaluate(config, run, encoder=_source(), task='superdiagnostic',
+    res = finetune_runs.train_and_evaluate(config, run, encoder=_source(), task='superdiagnostic',
                                        task_data=dataset)
     val = [(h['step'], h['val_auc']) for h in res['history'] if 'val_auc' in h]
     steps, aucs = zip(*val)
@@ -268,7 +269,7 @@ def test_learnable_task_improves_and_linear_keeps_the_encoder_frozen(tmp_path):
     dataset = _synthetic_task(flip_eval=False)
     config = _config('linear,smoke', total_steps=24, eval_every=8, learning_rate=1e-2)
     run = str(tmp_path / 'linear')
-    res = protocols.train_and_evaluate(config, run, encoder=_source(), task='superdiagnostic',
+    res = finetune_runs.train_and_evaluate(config, run, encoder=_source(), task='superdiagnostic',
                                        task_data=dataset)
     assert res['test']['macro_auc'] > 0.9
     model = build_classifier(model_config('tiny', fs=FS), 2, head='attentive', frozen=True)
@@ -382,7 +383,7 @@ def test_finetune_after_linear_continues_the_linear_run(linear_random_run, ptbxl
     linear_best = checkpoint.restore_best(str(workdir / 'superdiagnostic' / 'seed0'))
     np.testing.assert_array_equal(source.head_params['proj']['kernel'],
                                   linear_best['head']['proj']['kernel'])
-    summary = protocols.run_all(config, str(tmp_path / 'fal'),
+    summary = finetune_runs.run_all(config, str(tmp_path / 'fal'),
                                 encoder=resolve.make_resolver(str(workdir), config),
                                 tasks=['superdiagnostic'])
     res = summary['tasks']['superdiagnostic']
@@ -412,7 +413,7 @@ def test_smoke_pretraining_then_linear_protocol(ptbxl_tfds_dir, tmp_path):
     pre_dir = str(tmp_path / 'pretrain')
     loop.train_and_evaluate(pre, pre_dir, input_iterator_fn=batches)
     config = _config('linear,smoke', **{'data.data_dir': str(ptbxl_tfds_dir)})
-    res = protocols.run_all(config, str(tmp_path / 'linear'),
+    res = finetune_runs.run_all(config, str(tmp_path / 'linear'),
                             encoder=resolve.make_resolver(pre_dir, config),
                             tasks=['st_mem'])['tasks']['st_mem']
     assert 0.0 <= res['test_macro_auc']['mean'] <= 1.0

@@ -13,7 +13,7 @@ from experiments.configs import common
 from experiments.configs.pretrain import get_config
 from jepa_ecg.data.masking import sample_batch_masks
 from jepa_ecg.models.config import model_config_from
-from jepa_ecg.training import config_checks, metrics_writer
+from jepa_ecg.training import config_checks, guard, metrics_writer
 from jepa_ecg.training import jepa_loop as loop
 
 
@@ -134,7 +134,7 @@ def _config(steps):
 def test_stops_with_a_clear_message_on_nan(tmp_path):
     c = _config(10)
     cfg = model_config_from(c)
-    with pytest.raises(loop.NonFiniteLossError, match='non-finite metrics at step 4'):
+    with pytest.raises(guard.NonFiniteLossError, match='non-finite metrics at step 4'):
         loop.train_and_evaluate(c, str(tmp_path), input_iterator_fn=_batches(cfg, 4, poison_at=3))
     # Good checkpoints are kept, and none holds the non-finite state.
     steps = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit())

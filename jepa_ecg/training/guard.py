@@ -1,4 +1,5 @@
-"""What keeps a training run whole when it is disturbed: stop signals and the workdir lock.
+"""What keeps a training run whole when it is disturbed: stop signals, the
+workdir lock, and the one error a diverged run stops with.
 
 A preemptible VM or a cluster scheduler stops a job with SIGTERM, a person
 with Ctrl-C (SIGINT). `StopSignals` turns both into a request the training
@@ -32,6 +33,10 @@ from absl import logging
 
 LOCK_FILE = 'run.lock'
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (pre-training or fine-tuning)."""
 
 
 class StopRequested(Exception):

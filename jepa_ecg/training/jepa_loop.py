@@ -26,9 +26,6 @@ from jepa_ecg.training.metrics_writer import MetricsWriter
 STEP_INPUTS = ('signal', 'keep_idx', 'keep_valid', 'predict_mask')
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
-
 
 def make_input_iterator(config: ml_collections.ConfigDict, cfg: ModelConfig,
                         start_step: int) -> Iterator[dict]:
@@ -68,7 +65,7 @@ def _restore_or_init(config: ml_collections.ConfigDict, cfg: ModelConfig, tx, me
 
 def _check_finite(scalars: dict[str, float], step: int, manager) -> None:
     if not all(math.isfinite(v) for v in scalars.values()):
-        raise NonFiniteLossError(
+        raise guard.NonFiniteLossError(
             f'non-finite metrics at step {step}: {scalars}. The last good '
             f'checkpoint is in {manager.directory}; lower the learning rate, '
             f'enable grad_clip or use float32.')
@@ -204,7 +201,7 @@ def _train(config: ml_collections.ConfigDict, cfg: ModelConfig, state, start_ste
             # Never write a non-finite state into a checkpoint.
             loss = float(metrics['loss'])
             if not math.isfinite(loss):
-                raise NonFiniteLossError(
+                raise guard.NonFiniteLossError(
                     f'non-finite loss {loss} at step {step}; the last good checkpoint '
                     f'is in {manager.directory}')
         if step % config.log_every == 0 or step == stop:
