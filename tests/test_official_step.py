@@ -143,8 +143,7 @@ def _run_both(config, *, start: int, steps: int, seed: int = 0):
         # Both optimisers at step `start` with zero moments: optax takes the
         # schedules' step and Adam's bias correction from its count, torch
         # from each parameter's 'step'.
-        opt_state=optax.tree_utils.tree_set(tx.init(params), count=jnp.asarray(start, jnp.int32)),
-        rng=jax.random.PRNGKey(0))
+        opt_state=optax.tree_utils.tree_set(tx.init(params), count=jnp.asarray(start, jnp.int32)))
     step_fn = jax.jit(jepa.make_train_step(cfg, tx, schedules, grad_accum_steps=accum,
                                            rank_every=0,
                                            ema_per_micro_batch=config.ema_per_micro_batch))

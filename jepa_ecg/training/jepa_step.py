@@ -24,7 +24,6 @@ class TrainState:
     params: Any          # {'encoder': ..., 'predictor': ...}
     target_params: Any   # EMA of params['encoder']
     opt_state: Any
-    rng: jax.Array
 
 
 def init_params(rng: jax.Array, cfg: ModelConfig) -> dict:
@@ -42,11 +41,13 @@ def init_params(rng: jax.Array, cfg: ModelConfig) -> dict:
 
 def init_train_state(rng: jax.Array, cfg: ModelConfig, tx: optax.GradientTransformation
                      ) -> TrainState:
-    param_key, state_key = jax.random.split(rng)
+    # The first half of a split, as when the state also held a key: the
+    # same seed gives the same initial weights as before.
+    param_key, _ = jax.random.split(rng)
     params = init_params(param_key, cfg)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       target_params=jax.tree_util.tree_map(jnp.copy, params['encoder']),
-                      opt_state=tx.init(params), rng=state_key)
+                      opt_state=tx.init(params))
 
 
 def ema_update(target, online, momentum):
