@@ -1,9 +1,9 @@
 """The XLA:CPU kernels compute what the straightforward formulation computes.
 
-The model under kernels='cpu' (jepa_ecg.models.cpu_kernels) is written for speed (head-major attention
-projections, deferred softmax normalisation, erf GELU with a hand-written
-derivative, kept patches selected before the patch embedding; see
-experiments/benchmark.py). This file keeps the plain, official-style
+The model under kernels='cpu' (jepa_ecg.models.cpu_kernels) is written for
+speed (head-major attention projections, deferred softmax normalisation,
+erf GELU with a hand-written derivative, kept patches selected before the
+patch embedding; see experiments/benchmark.py). This file keeps the plain, official-style
 formulation (one qkv Dense + reshape + slices, softmax then weights @ v,
 jax.nn.gelu(approximate=False), embed every patch then gather) and checks
 that both give the same parameters, outputs, loss and gradients to float32

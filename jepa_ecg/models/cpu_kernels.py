@@ -40,8 +40,9 @@ def gelu_exact(x):
     expands into a branchy select chain. The backward pass keeps only the
     input and recomputes Phi(x) + x * phi(x) where it multiplies it into
     the incoming gradient; differentiating the formula instead stores Phi
-    and phi as extra activation-sized tensors with passes of their own. Equal to jax.nn.gelu(approximate=False) to
-    float32 rounding, values and gradients (tests/test_numerics.py).
+    and phi as extra activation-sized tensors with passes of their own.
+    Equal to jax.nn.gelu(approximate=False) to float32 rounding, values and
+    gradients (tests/test_numerics.py).
     """
     return x * _gelu_cdf_pdf(x)[0]
 
