@@ -22,7 +22,8 @@ schedules, forward (EMA update, target encoder, context encoder,
 predictor, L1), backward, AdamW (non-fused, as on CPU), zero_grad. Ours is
 the jitted, donated `jepa_ecg.training.jepa_step` train step of
 experiments/benchmark.py. With `--dtype=bfloat16` the official side runs
-under `torch.autocast('cpu', torch.bfloat16)`.
+under `torch.autocast('cpu', torch.bfloat16)`. `--kernels` picks our model's
+kernels (ModelConfig.kernels: auto, stock or cpu).
 
 Prints one line per repetition and a summary JSON line (also appended to
 `--out`).
@@ -67,6 +68,8 @@ flags.DEFINE_enum('variant', 'XS', ['XS', 'S', 'B', 'tiny'], 'Model variant (tin
 flags.DEFINE_integer('batch', 32, 'Batch size (records per step).')
 flags.DEFINE_float('fs', 500.0, 'Sampling rate (Hz); the patch is 50 ms, the window 10 s.')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype of both sides.')
+flags.DEFINE_enum('kernels', 'auto', ['auto', 'stock', 'cpu'], 'train_step: our model\'s '
+                  'kernels (ModelConfig.kernels; auto: the XLA:CPU ones on CPU).')
 flags.DEFINE_integer('reps', 5, 'Interleaved repetitions.')
 flags.DEFINE_integer('steps_per_rep', 3, 'Steps per side and repetition.')
 flags.DEFINE_integer('warmup', 2, 'Untimed steps per side (after compilation).')
@@ -146,13 +149,14 @@ def make_batches(n: int, *, batch: int, num_patches: int, samples: int, leads: i
 class Ours:
     """The jitted, donated jepa_ecg train step (as experiments/benchmark.py times it)."""
 
-    def __init__(self, variant: str, fs: float, dtype: str, batches: list[dict], seed: int):
+    def __init__(self, variant: str, fs: float, dtype: str, batches: list[dict], seed: int,
+                 kernels: str = 'auto'):
         import jax  # pylint: disable=g-import-not-at-top
         from jepa_ecg import sharding  # pylint: disable=g-import-not-at-top
         from jepa_ecg.data import masking  # pylint: disable=g-import-not-at-top
         from jepa_ecg.models.config import model_config_from  # pylint: disable=g-import-not-at-top
         from jepa_ecg.training import jepa_step, optim  # pylint: disable=g-import-not-at-top
-        config = _pretrain_config(variant, fs, batches[0]['signal'].shape[0], dtype)
+        config = _pretrain_config(variant, fs, batches[0]['signal'].shape[0], dtype, kernels)
         self.config, self.cfg = config, model_config_from(config)
         schedules = optim.make_schedules(config)
         tx = optim.make_optimizer(config, schedules)
@@ -268,11 +272,12 @@ class OfficialCode:
         return out
 
 
-def _pretrain_config(variant: str, fs: float, batch: int, dtype: str):
+def _pretrain_config(variant: str, fs: float, batch: int, dtype: str, kernels: str = 'auto'):
     from experiments.configs.pretrain import get_config  # pylint: disable=g-import-not-at-top
     config = get_config(f'vit_{variant.lower()},synthetic')
     config.unlock()
     config.model.fs = fs
+    config.model.kernels = kernels
     config.dtype = dtype
     config.global_batch_size = batch
     return config
@@ -322,12 +327,13 @@ def compare_train_step() -> dict:
     path = _official_dir() if FLAGS.official_impl == 'published' else None
     batch, spr = FLAGS.batch, FLAGS.steps_per_rep
     n_batches = FLAGS.warmup + FLAGS.reps * spr
-    from jepa_ecg.models.config import model_config  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.models.config import (model_config,  # pylint: disable=g-import-not-at-top
+                                        resolve_kernels)
     cfg = model_config(FLAGS.variant, fs=FLAGS.fs)
     shared = make_batches(n_batches, batch=batch, num_patches=cfg.num_patches,
                           samples=cfg.window_samples, leads=cfg.num_leads,
                           keep_ratio_range=(0.15, 0.25), min_block_size=10, seed=FLAGS.seed)
-    ours = Ours(FLAGS.variant, FLAGS.fs, FLAGS.dtype, shared, FLAGS.seed)
+    ours = Ours(FLAGS.variant, FLAGS.fs, FLAGS.dtype, shared, FLAGS.seed, FLAGS.kernels)
     official = Official(path, FLAGS.variant, FLAGS.fs, FLAGS.dtype, shared, FLAGS.official_sdpa,
                         FLAGS.seed)
     sides = {'ours': (ours, ours.batches), 'official': (official, official.batches)}
@@ -354,7 +360,9 @@ def compare_train_step() -> dict:
     med = lambda name, key: statistics.median(r[name][key] for r in rows)
     return {
         'what': 'train_step', 'variant': FLAGS.variant, 'batch': batch, 'fs': FLAGS.fs,
-        'dtype': FLAGS.dtype, 'ratio': statistics.median(r['ratio'] for r in rows),
+        'dtype': FLAGS.dtype, 'kernels': FLAGS.kernels,
+        'kernels_resolved': resolve_kernels(FLAGS.kernels),
+        'ratio': statistics.median(r['ratio'] for r in rows),
         'ratio_reps': [r['ratio'] for r in rows],
         'ours_records_per_s': med('ours', 'records_per_s'),
         'official_records_per_s': med('official', 'records_per_s'),

@@ -113,7 +113,7 @@ def test_predictor_matches_concatenated_ordering():
     h = context[0] @ np.asarray(pp['embed']['kernel']) + pos[keep[0]]
     m_idx = np.nonzero(masked[0])[0]
     h = np.concatenate([h, np.asarray(pp['mask_token'])[0] + pos[m_idx]])[None]
-    block = Block(cfg.pred_dim, cfg.pred_num_heads, residual_depth=cfg.depth)
+    block = Block(cfg, cfg.pred_dim, cfg.pred_num_heads)
     for i in range(cfg.pred_depth):
         h = block.apply({'params': pp[f'blocks_{i}']}, h)
     scale = np.asarray(pp['norm']['scale'])
@@ -123,9 +123,10 @@ def test_predictor_matches_concatenated_ordering():
     np.testing.assert_allclose(ours, ref, atol=2e-5)
 
 
-def test_exact_gelu():
-    from jepa_ecg.models.layers import gelu_exact
+@pytest.mark.parametrize('kernels', ['stock', 'cpu'])
+def test_exact_gelu(kernels):
+    from jepa_ecg.models.layers import gelu
     from scipy.special import erf
     x = np.linspace(-4, 4, 101)
-    np.testing.assert_allclose(gelu_exact(jnp.asarray(x, jnp.float32)),
-                               0.5 * x * (1 + erf(x / np.sqrt(2))), atol=1e-6)
+    y = gelu(model_config('tiny', kernels=kernels), jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(y, 0.5 * x * (1 + erf(x / np.sqrt(2))), atol=1e-6)

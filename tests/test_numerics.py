@@ -1,15 +1,16 @@
-"""The optimised model computes what the straightforward formulation computes.
+"""The XLA:CPU kernels compute what the straightforward formulation computes.
 
-The modules in jepa_ecg.models are written for speed (head-major attention
-projections, deferred softmax normalisation, erf GELU with a hand-written
-derivative, kept patches selected before the patch embedding; see
-experiments/benchmark.py). This file keeps the plain, official-style
+The model under kernels='cpu' (jepa_ecg.models.cpu_kernels) is written for
+speed (head-major attention projections, deferred softmax normalisation,
+erf GELU with a hand-written derivative, kept patches selected before the
+patch embedding; see experiments/benchmark.py). This file keeps the plain, official-style
 formulation (one qkv Dense + reshape + slices, softmax then weights @ v,
 jax.nn.gelu(approximate=False), embed every patch then gather) and checks
 that both give the same parameters, outputs, loss and gradients to float32
 tolerance.
 """
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -19,8 +20,12 @@ import numpy as np
 import pytest
 
 from jepa_ecg.training import jepa_step as jepa
-from jepa_ecg.models import build_encoder, build_predictor, layers
-from jepa_ecg.models.layers import layer_norm, sincos_pos_embed, trunc_normal
+from jepa_ecg.models import build_encoder, build_predictor, cpu_kernels, layers, model_config
+from jepa_ecg.models.layers import sincos_pos_embed, trunc_normal
+
+
+def layer_norm(bias, eps, name):
+    return nn.LayerNorm(eps, use_bias=bias, use_fast_variance=False, name=name)
 
 # Full tier (make test-all): see README's test tiers.
 pytestmark = pytest.mark.slow
@@ -150,18 +155,18 @@ def close(a, b, rtol=2e-5, atol=2e-5):
 def test_gelu_matches_jax_exact_gelu_values_and_gradients():
     x = jnp.linspace(-9.0, 9.0, 20001, dtype=jnp.float32)
     ref = jax.nn.gelu(x, approximate=False)
-    np.testing.assert_allclose(layers.gelu_exact(x), ref, atol=1e-6, rtol=1e-6)
-    g = jax.vmap(jax.grad(layers.gelu_exact))(x)
+    np.testing.assert_allclose(cpu_kernels.gelu_exact(x), ref, atol=1e-6, rtol=1e-6)
+    g = jax.vmap(jax.grad(cpu_kernels.gelu_exact))(x)
     g_ref = jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x)
     np.testing.assert_allclose(g, g_ref, atol=2e-6, rtol=1e-5)
-    assert layers.gelu_exact(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+    assert cpu_kernels.gelu_exact(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
 
 
 def test_layer_norm_matches_flax_values_and_gradients():
-    """layers.LayerNorm (two-pass statistics, written-out backward) equals flax's."""
+    """cpu_kernels.LayerNorm (two-pass statistics, written-out backward) equals flax's."""
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 16)) * 3 + 1
     for bias in (False, True):
-        ours = layers.LayerNorm(epsilon=1e-6, use_bias=bias)
+        ours = cpu_kernels.LayerNorm(epsilon=1e-6, use_bias=bias)
         ref = nn.LayerNorm(epsilon=1e-6, use_bias=bias)
         p = ref.init(jax.random.PRNGKey(1), x)['params']
         p = jax.tree_util.tree_map(lambda a: a + jax.random.normal(jax.random.PRNGKey(2), a.shape),
@@ -179,7 +184,8 @@ def test_attention_matches_reference(masked):
     dim, heads, b, n = 48, 4, 3, 17
     x = jax.random.normal(jax.random.PRNGKey(0), (b, n, dim))
     key_valid = jnp.arange(n)[None, :] < jnp.array([[n], [5], [11]]) if masked else None
-    ours = layers.Attention(dim, heads, proj_std=0.01)
+    cfg = model_config('tiny', kernels='cpu')  # depth 2: residual init std 0.01
+    ours = layers.Attention(cfg, dim, heads)
     ref = RefAttention(dim, heads, proj_std=0.01)
     p = ours.init(jax.random.PRNGKey(1), x)['params']
     p_ref = ref.init(jax.random.PRNGKey(1), x)['params']
@@ -196,11 +202,12 @@ def test_attention_matches_reference(masked):
 def test_multihead_attention_matches_reference():
     q, k, v = jax.random.normal(jax.random.PRNGKey(2), (3, 2, 9, 3, 8))
     mask = (jnp.arange(9) < 6)[None, None, None, :]
-    close(layers.multihead_attention(q, k, v, mask), ref_attention(q, k, v, mask))
+    close(cpu_kernels.multihead_attention(q, k, v, mask), ref_attention(q, k, v, mask))
 
 
 def test_encoder_matches_reference_full_and_masked(tiny_jepa):
     cfg, params, x, m = tiny_jepa
+    cfg = dataclasses.replace(cfg, kernels='cpu')
     enc, ref = build_encoder(cfg), RefEncoder(cfg)
     p, p_ref = params['encoder'], to_ref(params['encoder'])
     close(enc.apply({'params': p}, x), ref.apply({'params': p_ref}, x))
@@ -214,6 +221,7 @@ def test_encoder_matches_reference_full_and_masked(tiny_jepa):
 def test_loss_and_gradients_match_reference(tiny_jepa):
     """The whole JEPA objective: target, context encoder, predictor, masked L1."""
     cfg, params, x, m = tiny_jepa
+    cfg = dataclasses.replace(cfg, kernels='cpu')
     enc, pred = build_encoder(cfg), build_predictor(cfg)
     renc, rpred = RefEncoder(cfg), RefPredictor(cfg)
     target_params = jax.tree_util.tree_map(lambda a: a * 1.01, params['encoder'])
@@ -235,6 +243,7 @@ def test_loss_and_gradients_match_reference(tiny_jepa):
 
 def test_bfloat16_forward_tracks_float32_reference(tiny_jepa):
     cfg, params, x, m = tiny_jepa
+    cfg = dataclasses.replace(cfg, kernels='cpu')
     ours = build_encoder(cfg, dtype='bfloat16').apply({'params': params['encoder']}, x)
     ref = RefEncoder(cfg).apply({'params': to_ref(params['encoder'])}, x)
     assert ours.dtype == jnp.float32  # bf16 matmul inputs, float32 LayerNorm output (autocast)

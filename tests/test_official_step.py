@@ -48,9 +48,10 @@ LOSS_RTOL = 1e-5
 
 
 def _config(*, warmup: int, accum: int = 1, per_micro_batch: bool = False,
-            first_release: bool = False):
+            first_release: bool = False, kernels: str = 'auto'):
     config = get_config('vit_tiny,smoke,100hz')
     config.unlock()
+    config.model.kernels = kernels
     if first_release:  # xavier init, LayerNorms with biases
         config.model.init, config.model.norm_bias = 'xavier', True
     config.total_steps, config.warmup_steps = 20, warmup
@@ -159,13 +160,17 @@ def _run_both(config, *, start: int, steps: int, seed: int = 0):
 
 
 @pytest.mark.parametrize('case', ['first_step', 'warmup_and_decay', 'accumulation',
-                                  'first_release_model'])
+                                  'first_release_model', 'first_step_stock_kernels',
+                                  'first_release_model_stock_kernels'])
 def test_steps_equal_the_published_step(case):
     config, start, steps = {
         'first_step': (_config(warmup=0), 0, 1),
         'warmup_and_decay': (_config(warmup=10), 4, 3),
         'accumulation': (_config(warmup=10, accum=2, per_micro_batch=True), 2, 2),
         'first_release_model': (_config(warmup=0, first_release=True), 0, 2),
+        'first_step_stock_kernels': (_config(warmup=0, kernels='stock'), 0, 1),
+        'first_release_model_stock_kernels': (
+            _config(warmup=0, first_release=True, kernels='stock'), 0, 2),
     }[case]
     cfg, state, ours_losses, model, opt, sched, ticks, ref_losses = _run_both(
         config, start=start, steps=steps)

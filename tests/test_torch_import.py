@@ -6,6 +6,7 @@ semantics (Conv1d patch embedding on (B, C, T), nn.Linear y = x W^T + b,
 qkv reshaped to (B, N, 3, H, Dh)), independently of our Flax code.
 """
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -199,6 +200,13 @@ def test_converted_forward_matches_reference(tmp_path, overrides):
     loaded = encoder_lib.read_encoder(str(tmp_path / 'enc'))
     np.testing.assert_allclose(np.asarray(loaded.tokens(x_bct.transpose(0, 2, 1))), got,
                                atol=1e-6)
+    # Both kernel paths run the imported weights to the published output.
+    for kernels in ('stock', 'cpu'):
+        other = encoder_lib.Encoder(dataclasses.replace(loaded.config, kernels=kernels),
+                                    loaded.params, lead_stats=loaded.lead_stats,
+                                    leads=loaded.leads)
+        np.testing.assert_allclose(np.asarray(other.tokens(x_bct.transpose(0, 2, 1))), want,
+                                   atol=1e-5, rtol=1e-5)
     assert loaded.config.fs == 100 and loaded.config.patch_size == 5
     assert loaded.config.window_seconds == 2.0
     assert loaded.leads[3] == 'aVR'  # official 'AVR' spelling mapped to the canonical name
@@ -287,6 +295,13 @@ def test_first_release_checkpoint_with_norm_biases(tmp_path):
     assert loaded.config == enc.config
     np.testing.assert_allclose(np.asarray(loaded.tokens(x_bct.transpose(0, 2, 1))), got,
                                atol=1e-6)
+    # Both kernel paths run the imported weights to the published output.
+    for kernels in ('stock', 'cpu'):
+        other = encoder_lib.Encoder(dataclasses.replace(loaded.config, kernels=kernels),
+                                    loaded.params, lead_stats=loaded.lead_stats,
+                                    leads=loaded.leads)
+        np.testing.assert_allclose(np.asarray(other.tokens(x_bct.transpose(0, 2, 1))), want,
+                                   atol=1e-5, rtol=1e-5)
     # Checkpoints without LayerNorm biases keep the defaults.
     later, _, _ = torch_import.convert_checkpoint(full_checkpoint(cfg, rng)[0])
     assert (later.norm_bias, later.init) == (False, 'trunc_normal')
@@ -317,6 +332,12 @@ def test_convert_predictor_state_matches_reference(overrides, norm_bias):
     context, keep, predict_mask = _predictor_inputs(mc, rng)
     pred = build_predictor(mc)
     args = (context[None], keep[None], np.ones((1, len(keep)), bool), predict_mask[None])
+    for kernels in ('stock', 'cpu'):
+        other = build_predictor(dataclasses.replace(mc, kernels=kernels))
+        np.testing.assert_allclose(
+            np.asarray(other.apply({'params': params}, *args))[0, predict_mask],
+            reference_predictor(state, cfg, context, keep, np.nonzero(predict_mask)[0]),
+            atol=1e-4, rtol=1e-4)
     want_tree = jax.eval_shape(pred.init, jax.random.PRNGKey(0), *args)['params']
     assert (jax.tree_util.tree_structure(want_tree) ==
             jax.tree_util.tree_structure(params))

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jepa_ecg.models.config import ModelConfig
-from jepa_ecg.models.layers import AttentivePooler, kernel_init
+from jepa_ecg.models.layers import AttentivePooler, dense, kernel_init
 from jepa_ecg.models.vit import VisionTransformer
 
 HEADS = ('attentive', 'register')
@@ -47,13 +47,11 @@ class AttentiveClassifier(nn.Module):
         tokens = self.encoder(x, keep_registers=True, deterministic=deterministic)
         if self.frozen:
             tokens = jax.lax.stop_gradient(tokens)
-        enc = self.encoder
         # The pooler's layers follow the encoder's bias switches (no biases in
         # ECG-JEPA), so the class projection has no bias either; its kernels
         # follow the encoder's init.
-        logits = AttentivePooler(enc.dim, enc.num_heads, self.num_classes, num_queries=1,
-                                 qkv_bias=enc.qkv_bias, bias=enc.bias, dtype=enc.dtype,
-                                 weight_init=enc.weight_init, name='head')(tokens)
+        logits = AttentivePooler(self.encoder.cfg, self.num_classes, num_queries=1,
+                                 dtype=self.encoder.dtype, name='head')(tokens)
         return logits[:, 0].astype(jnp.float32)
 
 
@@ -74,12 +72,11 @@ class RegisterClassifier(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
         """Logits (B, num_classes) of signals x (B, T, leads)."""
-        if self.encoder.num_registers < 1:
+        if self.encoder.cfg.num_registers < 1:
             raise ValueError('RegisterClassifier needs an encoder with a register token')
         tokens = self.encoder(x, keep_registers=True, deterministic=deterministic)
-        logits = nn.Dense(self.num_classes, use_bias=self.use_bias, dtype=self.encoder.dtype,
-                          kernel_init=kernel_init(self.encoder.weight_init),
-                          name='head')(tokens[:, 0])
+        logits = dense(self.encoder.cfg, self.num_classes, self.use_bias, self.encoder.dtype,
+                       kernel_init(self.encoder.cfg.init), 'head')(tokens[:, 0])
         return logits.astype(jnp.float32)
 
 

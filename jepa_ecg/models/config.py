@@ -23,6 +23,22 @@ PATCH_SECONDS = 0.05  # one token = 50 ms of all leads
 # Registers, the mask token and the pooler query are N(0, 0.02) in both.
 INITS = ('trunc_normal', 'xavier')
 
+# Kernels the model runs on: 'stock' (Flax Dense/LayerNorm, exact GELU,
+# jax.nn.dot_product_attention: each backend picks its own), 'cpu' (the
+# XLA:CPU kernels of jepa_ecg.models.cpu_kernels), 'auto' (cpu on the CPU
+# backend, stock elsewhere). Both paths declare the same parameter tree.
+KERNELS = ('auto', 'stock', 'cpu')
+
+
+def resolve_kernels(kernels: str) -> str:
+    """'stock' or 'cpu' for a ModelConfig.kernels value on the current backend."""
+    if kernels not in KERNELS:
+        raise ValueError(f'model.kernels: unknown {kernels!r}; choose from {KERNELS}')
+    if kernels == 'auto':
+        import jax  # the config module stays importable without initialising JAX
+        return 'cpu' if jax.default_backend() == 'cpu' else 'stock'
+    return kernels
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -34,6 +50,9 @@ class ModelConfig:
     `init` is one of INITS. `bias` switches the Linear/Conv biases and the
     LayerNorm biases; `norm_bias` gives the LayerNorms a bias whatever
     `bias` says (the first official release did, with `bias: False`).
+    `kernels` is one of KERNELS (how the model computes, not what: files
+    without it read as 'auto'); `remat` recomputes each transformer block's
+    activations in the backward pass instead of storing them.
     """
     variant: str = 'XS'
     dim: int = 192
@@ -54,10 +73,14 @@ class ModelConfig:
     dtype: str = 'float32'
     init: str = 'trunc_normal'
     norm_bias: bool = False
+    kernels: str = 'auto'
+    remat: bool = False
 
     def __post_init__(self):
         if self.init not in INITS:
             raise ValueError(f'unknown init {self.init!r}; choose from {INITS}')
+        if self.kernels not in KERNELS:
+            raise ValueError(f'unknown kernels {self.kernels!r}; choose from {KERNELS}')
 
     @property
     def window_samples(self) -> int:
@@ -109,8 +132,9 @@ def model_config_from(config: Any, variant: str | None = None) -> ModelConfig:
     Args:
       config: a config with `model.fs`, `model.window_seconds`, optional
         `model.variant`, `model.patch_size` (None: 50 ms at fs),
-        `model.num_registers`, `model.init` (None: 'trunc_normal') and
-        `model.norm_bias`, and optional `dtype`.
+        `model.num_registers`, `model.init` (None: 'trunc_normal'),
+        `model.norm_bias`, `model.kernels` (None: 'auto'), `model.remat`,
+        and optional `dtype`.
       variant: the variant, when the config does not name it.
 
     Returns:
@@ -127,6 +151,10 @@ def model_config_from(config: Any, variant: str | None = None) -> ModelConfig:
         overrides['init'] = str(m.init)
     if m.get('norm_bias') is not None:
         overrides['norm_bias'] = bool(m.norm_bias)
+    if m.get('kernels') is not None:
+        overrides['kernels'] = str(m.kernels)
+    if m.get('remat') is not None:
+        overrides['remat'] = bool(m.remat)
     return model_config(variant, fs=m.fs, window_seconds=m.window_seconds,
                         patch_size=m.get('patch_size'), dtype=config.get('dtype', 'float32'),
                         **overrides)

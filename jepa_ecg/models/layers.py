@@ -1,8 +1,13 @@
-"""Transformer building blocks shared by the encoder, predictor and heads."""
+"""Transformer building blocks shared by the encoder, predictor and heads.
+
+Written with stock Flax/JAX layers (Dense, LayerNorm, exact GELU,
+`jax.nn.dot_product_attention`) so each backend picks its own kernels. Under
+`ModelConfig.kernels='cpu'` the same parameters are applied by the XLA:CPU
+kernels of `cpu_kernels` instead.
+"""
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Optional
 
@@ -11,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jepa_ecg.models.config import INITS
+from jepa_ecg.models import cpu_kernels
+from jepa_ecg.models.config import INITS, ModelConfig, resolve_kernels
 
 Dtype = Any
 
@@ -73,309 +79,95 @@ def sincos_pos_embed(dim: int, num_positions: int) -> np.ndarray:
     return out
 
 
-_SQRT_HALF = float(np.sqrt(0.5))
-_INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
+def dense(cfg: ModelConfig, features: int, use_bias: bool, dtype: Dtype, init: Any,
+          name: str) -> nn.Module:
+    """A Linear layer: `nn.Dense`, or its XLA:CPU twin with the same params.
 
-
-def _gelu_cdf_pdf(x):
-    cdf = 0.5 + 0.5 * jax.lax.erf(x * jnp.asarray(_SQRT_HALF, x.dtype))
-    pdf = jnp.exp(-0.5 * x * x) * jnp.asarray(_INV_SQRT_2PI, x.dtype)
-    return cdf, pdf
-
-
-@jax.custom_vjp
-def gelu_exact(x):
-    """Exact (erf) GELU, x * Phi(x), as torch.nn.GELU() computes it.
-
-    Written with `erf` rather than jax.nn.gelu's `erfc`, which XLA:CPU
-    expands into a branchy select chain. The backward pass keeps only the
-    input and recomputes Phi(x) + x * phi(x) where it multiplies it into
-    the incoming gradient; differentiating the formula instead stores Phi
-    and phi as extra activation-sized tensors with passes of their own. Equal to jax.nn.gelu(approximate=False) to
-    float32 rounding, values and gradients (tests/test_numerics.py).
+    Params are float32; inputs and kernel are cast to `dtype` and the output
+    is in `dtype` (what autocast gives a Linear).
     """
-    return x * _gelu_cdf_pdf(x)[0]
+    if resolve_kernels(cfg.kernels) == 'cpu':
+        return cpu_kernels.Dense(features, use_bias, dtype, init, name=name)
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=init, name=name)
 
 
-def _gelu_exact_fwd(x):
-    return gelu_exact(x), x
+def layer_norm(cfg: ModelConfig, name: str) -> nn.Module:
+    """LayerNorm with float32 statistics and float32 output (the residual
+    stream's dtype), whatever the compute dtype: as under autocast. It has a
+    bias when `cfg.bias` or `cfg.norm_bias`."""
+    use_bias = cfg.bias or cfg.norm_bias
+    if resolve_kernels(cfg.kernels) == 'cpu':
+        return cpu_kernels.LayerNorm(cfg.norm_eps, use_bias, name=name)
+    # Two-pass variance, as torch computes it.
+    return nn.LayerNorm(cfg.norm_eps, dtype=jnp.float32, use_bias=use_bias,
+                        use_fast_variance=False, name=name)
 
 
-def _gelu_exact_bwd(x, g):
-    cdf, pdf = _gelu_cdf_pdf(x)
-    return (g * (cdf + x * pdf),)
+def gelu(cfg: ModelConfig, x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, as torch.nn.GELU() computes it."""
+    if resolve_kernels(cfg.kernels) == 'cpu':
+        return cpu_kernels.gelu_exact(x)
+    return jax.nn.gelu(x, approximate=False)
 
 
-gelu_exact.defvjp(_gelu_exact_fwd, _gelu_exact_bwd)
+def attention(q: jax.Array, k: jax.Array, v: jax.Array,
+              key_valid: Optional[jax.Array] = None) -> jax.Array:
+    """Scaled dot-product attention on (B, L, H, Dh) tensors; `key_valid` (B, Lk)
+    is False at padding keys. The logits and softmax are float32."""
+    mask = None if key_valid is None else key_valid[:, None, None, :].astype(bool)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _layer_norm(x, scale, bias, eps):
-    return _layer_norm_fwd(x, scale, bias, eps)[0]
-
-
-def _layer_norm_fwd(x, scale, bias, eps):
-    mean = x.mean(axis=-1, keepdims=True)
-    xc = x - mean
-    rstd = jax.lax.rsqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
-    y = xc * rstd * scale
-    if bias is not None:
-        y = y + bias
-    return y, (x, mean, rstd, scale, bias)
-
-
-def _layer_norm_bwd(eps, res, g):
-    del eps
-    x, mean, rstd, scale, bias = res
-    xhat = (x - mean) * rstd
-    reduce = tuple(range(g.ndim - 1))
-    d_scale = (g * xhat).sum(axis=reduce)
-    d_bias = None if bias is None else g.sum(axis=reduce)
-    gs = g * scale
-    dx = rstd * (gs - gs.mean(axis=-1, keepdims=True)
-                 - xhat * (gs * xhat).mean(axis=-1, keepdims=True))
-    return dx, d_scale, d_bias
-
-
-_layer_norm.defvjp(lambda x, scale, bias, eps: _layer_norm_fwd(x, scale, bias, eps),
-                   _layer_norm_bwd)
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm over the last axis, float32 statistics and output.
-
-    Same params as flax's nn.LayerNorm ('scale', optional 'bias'). Mean and
-    variance are taken in two passes ((x - mean)^2, not E[x^2] - E[x]^2),
-    and the backward pass is written out (x, mean and 1/std are its only
-    residuals), which lets XLA fuse each direction into a couple of passes
-    over the activations instead of the chain autodiff leaves.
-    """
-    epsilon: float = 1e-6
-    use_bias: bool = False
-
-    @nn.compact
-    def __call__(self, x):
-        d = x.shape[-1]
-        scale = self.param('scale', nn.initializers.ones_init(), (d,), jnp.float32)
-        bias = (self.param('bias', nn.initializers.zeros_init(), (d,), jnp.float32)
-                if self.use_bias else None)
-        return _layer_norm(x.astype(jnp.float32), scale, bias, self.epsilon)
-
-
-def attention_scores_mask(key_valid: Optional[jax.Array]) -> Optional[jax.Array]:
-    """(B, L) validity of keys -> (B, 1, 1, L) boolean mask, or None."""
-    if key_valid is None:
-        return None
-    return key_valid[:, None, None, :]
-
-
-@jax.custom_vjp
-def _matmul(x, w):
-    """x (n, in) @ w (in, out); the backward pass picks XLA:CPU's fast operand order."""
-    return jnp.dot(x, w)
-
-
-def _matmul_fwd(x, w):
-    return jnp.dot(x, w), (x, w)
-
-
-def _matmul_bwd(res, g):
-    x, w = res
-    dx = jnp.dot(g, w.T)
-    if w.shape[0] > w.shape[1]:
-        # The kernel gradient x^T g contracts over all n tokens; XLA:CPU's
-        # GEMM runs that form ~1.4x faster with the narrower side as the
-        # left operand, so a widening-to-narrowing layer (fc2) computes
-        # (g^T x)^T. The barrier stops XLA from canonicalising it back; the
-        # transpose is of the small (out, in) result.
-        dw = jax.lax.optimization_barrier(jnp.dot(g.T, x)).T
-    else:
-        dw = jnp.dot(x.T, g)
-    return dx, dw
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-def dense(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None,
-          dtype: Dtype = jnp.float32) -> jax.Array:
-    """`x (..., in) @ kernel (in, out) [+ bias]` as ONE 2-D matmul in `dtype`.
-
-    The leading axes are flattened first. Contracting a (B, L, in) input
-    with a 3-D dot_general makes the kernel gradient a contraction over two
-    axes (B and L); XLA:CPU canonicalises that dot by physically
-    transposing the (B, L, out) output gradient (fused into the producer
-    of that gradient, e.g. the GELU derivative) into an (out, B * L)
-    buffer. That transposing loop reads with a stride of `out` floats and
-    is bound by TLB and cache misses, so its cost swings with the
-    machine's cache/TLB sizes, huge-page setting and co-tenants. On
-    (B * L, in) the kernel gradient is a plain `x^T @ g`, which the matmul
-    libraries take without any copy. Output dtype is `dtype` (what autocast
-    gives a Linear).
-    """
-    lead = x.shape[:-1]
-    y = _matmul(x.reshape(-1, x.shape[-1]).astype(dtype), kernel.astype(dtype))
-    if bias is not None:
-        y = y + bias.astype(dtype)
-    return y.reshape(*lead, kernel.shape[-1])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _cotangent_as(x, dtype):
-    """Identity whose backward pass casts the cotangent to `dtype`."""
-    return x
-
-
-_cotangent_as.defvjp(lambda x, dtype: (x, None), lambda dtype, _, g: (g.astype(dtype),))
-
-
-def _f32_product(subscripts, a, b):
-    """einsum of (possibly bf16) operands accumulated and returned in float32;
-    its backward products take operands in the operands' dtype, like autocast."""
-    out = jnp.einsum(subscripts, a, b, preferred_element_type=jnp.float32)
-    return out if a.dtype == jnp.float32 else _cotangent_as(out, a.dtype)
-
-
-def softmax_attention(q, k, v, mask=None):
-    """Softmax attention on head-major (B, H, L, Dh) tensors, q already scaled.
-
-    The softmax normalisation is applied after the value product:
-    (exp(s - max) @ v) / sum(exp(s - max)) equals softmax(s) @ v but divides
-    the (B, H, Lq, Dh) output instead of the (B, H, Lq, Lk) weights, saving a
-    full pass over the attention matrix forward and backward. The logits,
-    exponentials, sums and the division are float32 even when q, k, v are
-    bfloat16 (the matmul inputs); the output has v's dtype.
-    `mask` (True = attend) broadcasts to (B, H, Lq, Lk).
-    """
-    logits = _f32_product('bhqd,bhkd->bhqk', q, k)
-    if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    # The max only stabilises the exponent; its gradient cancels exactly.
-    weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
-    norm = weights.sum(axis=-1, keepdims=True)
-    out = _f32_product('bhqk,bhkd->bhqd', weights.astype(v.dtype), v)
-    return (out / norm).astype(v.dtype)
-
-
-def multihead_attention(q, k, v, mask=None):
-    """Softmax attention on (B, L, H, Dh) tensors; `mask` broadcasts to (B, H, Lq, Lk)."""
-    scale = q.shape[-1] ** -0.5
-    to_heads = lambda t: jnp.swapaxes(t, 1, 2)  # (B, L, H, Dh) -> (B, H, L, Dh)
-    out = softmax_attention(to_heads(q * jnp.asarray(scale, q.dtype)), to_heads(k), to_heads(v),
-                            mask)
-    return to_heads(out)
-
-
-class DenseParams(nn.Module):
-    """Declares exactly the params of `nn.Dense(features)` and returns them.
-
-    Same names ('kernel' (in, features), optional 'bias'), shapes, float32
-    storage and initialisers, so checkpoints and the torch importer see the
-    same tree; the caller applies them (see `dense`).
-    """
-    features: int
-    use_bias: bool = False
-    kernel_init: Any = nn.initializers.lecun_normal()
-    bias_init: Any = nn.initializers.zeros_init()
-
-    @nn.compact
-    def __call__(self, in_features: int):
-        kernel = self.param('kernel', self.kernel_init, (in_features, self.features), jnp.float32)
-        bias = (self.param('bias', self.bias_init, (self.features,), jnp.float32)
-                if self.use_bias else None)
-        return kernel, bias
-
-
-class Dense(nn.Module):
-    """`nn.Dense` with the same params, applied as one 2-D matmul (see `dense`).
-
-    Params are float32; inputs and kernel are cast to `dtype` and the
-    output is in `dtype`.
-    """
-    features: int
-    use_bias: bool = False
-    dtype: Dtype = jnp.float32
-    kernel_init: Any = nn.initializers.lecun_normal()
-    bias_init: Any = nn.initializers.zeros_init()
-
-    @nn.compact
-    def __call__(self, x):
-        kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-        bias = (self.param('bias', self.bias_init, (self.features,), jnp.float32)
-                if self.use_bias else None)
-        return dense(x, kernel, bias, self.dtype)
+def residual_std(cfg: ModelConfig) -> float:
+    """Init std of the two residual projections of a block under 'trunc_normal'."""
+    return 0.02 / math.sqrt(2 * cfg.depth)
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention; qkv has its own bias switch (off in ECG-JEPA).
-
-    Parameters are those of Dense layers 'qkv' (dim -> 3 * dim, columns
-    ordered [q|k|v] x heads x head_dim) and 'proj' (dim -> dim). The
-    projections are 2-D matmuls over all B * L tokens (see `dense`): q, k
-    and v each from its third of the kernel (cheaper on XLA:CPU than one
-    (B * L, 3 * dim) product sliced afterwards), each moved to head-major
-    (B, H, L, Dh) for the attention products, and the output moved back to
-    (B * L, dim), one small copy each, as the official code does. The
-    1/sqrt(Dh) scale is folded into the q columns of the kernel.
-    tests/test_numerics.py checks it against the plain formulation.
-    """
+    """Multi-head self-attention: Dense 'qkv' (dim -> 3 * dim, columns ordered
+    [q|k|v] x heads x head_dim; bias by cfg.qkv_bias) and 'proj' (dim -> dim)."""
+    cfg: ModelConfig
     dim: int
     num_heads: int
-    qkv_bias: bool = False
-    bias: bool = False
     dropout: float = 0.0
-    proj_std: float = 0.02
     dtype: Dtype = jnp.float32
-    weight_init: str = 'trunc_normal'
 
     @nn.compact
     def __call__(self, x, key_valid=None, deterministic: bool = True):
-        b, n, d = x.shape
-        h = self.num_heads
-        head_dim = self.dim // h
-        init = self.weight_init
-        w_qkv, b_qkv = DenseParams(3 * self.dim, self.qkv_bias, kernel_init(init), name='qkv')(d)
-        w_proj, b_proj = DenseParams(self.dim, self.bias, kernel_init(init, self.proj_std),
-                                     name='proj')(self.dim)
-        scale = jnp.concatenate([jnp.full((self.dim,), head_dim ** -0.5, jnp.float32),
-                                 jnp.ones((2 * self.dim,), jnp.float32)])
-        w_qkv = (w_qkv * scale).reshape(d, 3, self.dim)
-        if b_qkv is not None:
-            b_qkv = (b_qkv * scale).reshape(3, self.dim)
-        heads = lambda t: jnp.transpose(t.reshape(b, n, h, head_dim), (0, 2, 1, 3))
-        q, k, v = (heads(dense(x, w_qkv[:, i], None if b_qkv is None else b_qkv[i], self.dtype))
-                   for i in range(3))
-        out = softmax_attention(q, k, v, attention_scores_mask(key_valid))
-        out = jnp.swapaxes(out, 1, 2).reshape(b, n, self.dim)
-        out = dense(out, w_proj, b_proj, self.dtype)
+        cfg, (b, n, d) = self.cfg, x.shape
+        qkv_init, proj_init = kernel_init(cfg.init), kernel_init(cfg.init, residual_std(cfg))
+        if resolve_kernels(cfg.kernels) == 'cpu':
+            qkv = cpu_kernels.DenseParams(3 * self.dim, cfg.qkv_bias, qkv_init, name='qkv')(d)
+            proj = cpu_kernels.DenseParams(self.dim, cfg.bias, proj_init, name='proj')(self.dim)
+            out = cpu_kernels.self_attention(x, *qkv, *proj, self.num_heads, key_valid,
+                                             self.dtype)
+        else:
+            qkv = dense(cfg, 3 * self.dim, cfg.qkv_bias, self.dtype, qkv_init, 'qkv')(x)
+            q, k, v = jnp.split(qkv.reshape(b, n, 3, self.num_heads, -1), 3, axis=2)
+            out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], key_valid)
+            out = dense(cfg, self.dim, cfg.bias, self.dtype, proj_init, 'proj')(
+                out.reshape(b, n, self.dim))
         return nn.Dropout(self.dropout)(out, deterministic=deterministic)
 
 
 class Mlp(nn.Module):
-    """fc1 -> exact GELU -> fc2; the GELU runs in float32 on the fc1 output."""
-    hidden_dim: int
-    out_dim: int
-    bias: bool = False
+    """fc1 -> exact GELU (float32) -> fc2."""
+    cfg: ModelConfig
+    dim: int
     dropout: float = 0.0
-    fc2_std: float = 0.02
     dtype: Dtype = jnp.float32
-    weight_init: str = 'trunc_normal'
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        init = self.weight_init
-        x = Dense(self.hidden_dim, self.bias, self.dtype, kernel_init(init), name='fc1')(x)
-        x = gelu_exact(x.astype(jnp.float32)).astype(self.dtype)
+        cfg = self.cfg
+        x = dense(cfg, int(self.dim * cfg.mlp_ratio), cfg.bias, self.dtype,
+                  kernel_init(cfg.init), 'fc1')(x)
+        x = gelu(cfg, x.astype(jnp.float32)).astype(self.dtype)
         x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
-        x = Dense(self.out_dim, self.bias, self.dtype, kernel_init(init, self.fc2_std),
-                  name='fc2')(x)
+        x = dense(cfg, self.dim, cfg.bias, self.dtype, kernel_init(cfg.init, residual_std(cfg)),
+                  'fc2')(x)
         return nn.Dropout(self.dropout)(x, deterministic=deterministic)
-
-
-def layer_norm(bias: bool, eps: float, name: str) -> LayerNorm:
-    """LayerNorm with float32 statistics and float32 output (the residual
-    stream's dtype), whatever the compute dtype: as under autocast."""
-    return LayerNorm(epsilon=eps, use_bias=bias, name=name)
 
 
 class Block(nn.Module):
@@ -383,66 +175,64 @@ class Block(nn.Module):
 
     The residual stream `x` and the LayerNorms are float32; only the matmul
     inputs (and outputs) of attention and MLP are in `dtype`, whose results
-    are added back in float32. `residual_depth` sets the scaled init std
-    0.02 / sqrt(2 * residual_depth) of the two residual projections under
-    weight_init='trunc_normal' ('xavier' has no depth scaling). The
-    LayerNorms have a bias when `bias` or `norm_bias`.
+    are added back in float32. Under init='trunc_normal' the two residual
+    projections start at std 0.02 / sqrt(2 * cfg.depth) ('xavier' has no
+    depth scaling).
     """
+    cfg: ModelConfig
     dim: int
     num_heads: int
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = False
-    bias: bool = False
     dropout: float = 0.0
-    norm_eps: float = 1e-6
-    residual_depth: int = 1
     dtype: Dtype = jnp.float32
-    weight_init: str = 'trunc_normal'
-    norm_bias: bool = False
 
     @nn.compact
     def __call__(self, x, key_valid=None, deterministic: bool = True):
-        res_std = 0.02 / math.sqrt(2 * self.residual_depth)
-        ln_bias = self.bias or self.norm_bias
+        cfg = self.cfg
         x = x.astype(jnp.float32)
-        h = layer_norm(ln_bias, self.norm_eps, 'norm1')(x)
-        h = Attention(self.dim, self.num_heads, self.qkv_bias, self.bias, self.dropout, res_std,
-                      self.dtype, self.weight_init, name='attn')(h, key_valid, deterministic)
+        h = layer_norm(cfg, 'norm1')(x)
+        h = Attention(cfg, self.dim, self.num_heads, self.dropout, self.dtype, name='attn')(
+            h, key_valid, deterministic)
         x = x + h.astype(jnp.float32)
-        h = layer_norm(ln_bias, self.norm_eps, 'norm2')(x)
-        h = Mlp(int(self.dim * self.mlp_ratio), self.dim, self.bias, self.dropout,
-                res_std, self.dtype, self.weight_init, name='mlp')(h, deterministic)
+        h = layer_norm(cfg, 'norm2')(x)
+        h = Mlp(cfg, self.dim, self.dropout, self.dtype, name='mlp')(h, deterministic)
         return x + h.astype(jnp.float32)
 
 
-class AttentivePooler(nn.Module):
-    """One learnable query cross-attends over tokens and projects to `out_dim`.
+def block_class(cfg: ModelConfig):
+    """Block, rematerialised in the backward pass when cfg.remat."""
+    if cfg.remat:
+        # deterministic (argument 3, counting the module) switches dropout: static.
+        return nn.remat(Block, static_argnums=(3,))
+    return Block
 
-    This is the linear-probe head: no MLP, the attention output projection
-    maps straight to the classes. `weight_init` sets the q/kv/proj kernels;
-    the query token is N(0, 0.02) either way.
+
+class AttentivePooler(nn.Module):
+    """`num_queries` learnable queries cross-attend over the tokens; the attention
+    output projection maps straight to `out_dim` (the linear-probe head: no MLP).
+
+    Dense 'q' (dim -> dim), 'kv' (dim -> 2 * dim, keys first) and 'proj'
+    follow cfg's bias switches and init; the query token is N(0, 0.02).
     """
-    dim: int
-    num_heads: int
+    cfg: ModelConfig
     out_dim: int
     num_queries: int = 1
-    qkv_bias: bool = False
-    bias: bool = False
     dtype: Dtype = jnp.float32
-    weight_init: str = 'trunc_normal'
 
     @nn.compact
     def __call__(self, x, key_valid=None):
-        b, n, _ = x.shape
-        head_dim = self.dim // self.num_heads
-        query = self.param('query_token', trunc_normal(0.02), (1, self.num_queries, self.dim))
-        query = jnp.broadcast_to(query, (b, self.num_queries, self.dim))
-        init = kernel_init(self.weight_init)
-        q = Dense(self.dim, self.qkv_bias, self.dtype, init, name='q')(query)
-        kv = Dense(2 * self.dim, self.qkv_bias, self.dtype, init, name='kv')(x)
-        kv = kv.reshape(b, n, 2, self.num_heads, head_dim)
-        q = q.reshape(b, self.num_queries, self.num_heads, head_dim)
-        out = multihead_attention(q, kv[:, :, 0], kv[:, :, 1], attention_scores_mask(key_valid))
-        out = out.reshape(b, self.num_queries, self.dim)
-        out = Dense(self.out_dim, self.bias, self.dtype, init, name='proj')(out)
-        return out  # (B, num_queries, out_dim)
+        cfg, (b, n, _) = self.cfg, x.shape
+        dim, heads = cfg.dim, cfg.num_heads
+        query = self.param('query_token', trunc_normal(0.02), (1, self.num_queries, dim))
+        query = jnp.broadcast_to(query, (b, self.num_queries, dim))
+        init = kernel_init(cfg.init)
+        q = dense(cfg, dim, cfg.qkv_bias, self.dtype, init, 'q')(query)
+        kv = dense(cfg, 2 * dim, cfg.qkv_bias, self.dtype, init, 'kv')(x)
+        kv = kv.reshape(b, n, 2, heads, dim // heads)
+        q = q.reshape(b, self.num_queries, heads, dim // heads)
+        if resolve_kernels(cfg.kernels) == 'cpu':
+            mask = None if key_valid is None else key_valid[:, None, None, :]
+            out = cpu_kernels.multihead_attention(q, kv[:, :, 0], kv[:, :, 1], mask)
+        else:
+            out = attention(q, kv[:, :, 0], kv[:, :, 1], key_valid)
+        out = out.reshape(b, self.num_queries, dim)
+        return dense(cfg, self.out_dim, cfg.bias, self.dtype, init, 'proj')(out)

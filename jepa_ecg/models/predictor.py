@@ -8,8 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jepa_ecg.models.layers import (Block, Dense, kernel_init, layer_norm, sincos_pos_embed,
-                                     trunc_normal)
+from jepa_ecg.models.config import ModelConfig
+from jepa_ecg.models.layers import (block_class, dense, kernel_init, layer_norm, sincos_pos_embed,
+                                    trunc_normal)
 
 Dtype = Any
 
@@ -23,23 +24,11 @@ class Predictor(nn.Module):
     patch. Attention is permutation-equivariant, so laying the tokens out in
     patch order gives the same outputs as [kept..., masked...] ordering while
     avoiding gathers and padding (the sequence is always N tokens long).
-    `weight_init` (ModelConfig.init) sets the embed/blocks/proj kernels (the
-    mask token is N(0, 0.02) either way); the LayerNorms have a bias when
-    `bias` or `norm_bias`.
+    Its width, depth and heads are cfg.pred_dim, pred_depth, pred_num_heads;
+    the mask token is N(0, 0.02) whatever cfg.init says.
     """
-    dim: int
-    pred_dim: int
-    depth: int
-    num_heads: int
-    num_patches: int
-    residual_depth: int
-    mlp_ratio: float = 4.0
-    bias: bool = False
-    qkv_bias: bool = False
-    norm_eps: float = 1e-6
+    cfg: ModelConfig
     dtype: Dtype = jnp.float32
-    weight_init: str = 'trunc_normal'
-    norm_bias: bool = False
 
     @nn.compact
     def __call__(self, context: jax.Array, keep_idx: jax.Array, keep_valid: jax.Array,
@@ -55,22 +44,21 @@ class Predictor(nn.Module):
           are meaningful. Under a bfloat16 `dtype` only matmul inputs are
           bfloat16; the token stream and LayerNorms are float32.
         """
-        n = predict_mask.shape[1]
-        embedded = Dense(self.pred_dim, self.bias, self.dtype, kernel_init(self.weight_init),
-                         name='embed')(context).astype(jnp.float32)
+        cfg, n = self.cfg, predict_mask.shape[1]
+        init = kernel_init(cfg.init)
+        embedded = dense(cfg, cfg.pred_dim, cfg.bias, self.dtype, init, 'embed')(context)
+        embedded = embedded.astype(jnp.float32)
         # Place each valid context token at its patch position (padding lands nowhere).
         placement = (jax.nn.one_hot(keep_idx, n, dtype=jnp.float32) *
                      keep_valid[..., None].astype(jnp.float32))  # (B, K, N)
         placed = jnp.einsum('bkn,bkd->bnd', placement, embedded)
-        mask_token = self.param('mask_token', trunc_normal(0.02), (1, 1, self.pred_dim))
+        mask_token = self.param('mask_token', trunc_normal(0.02), (1, 1, cfg.pred_dim))
         tokens = jnp.where(predict_mask[..., None], mask_token, placed)
-        pos = jnp.asarray(sincos_pos_embed(self.pred_dim, self.num_patches)[:n], jnp.float32)
+        pos = jnp.asarray(sincos_pos_embed(cfg.pred_dim, cfg.num_patches)[:n], jnp.float32)
         tokens = tokens + pos[None]
-        for i in range(self.depth):
-            tokens = Block(self.pred_dim, self.num_heads, self.mlp_ratio, self.qkv_bias,
-                           self.bias, 0.0, self.norm_eps, residual_depth=self.residual_depth,
-                           dtype=self.dtype, weight_init=self.weight_init,
-                           norm_bias=self.norm_bias, name=f'blocks_{i}')(tokens)
-        tokens = layer_norm(self.bias or self.norm_bias, self.norm_eps, 'norm')(tokens)
-        return Dense(self.dim, self.bias, self.dtype, kernel_init(self.weight_init),
-                     name='proj')(tokens).astype(jnp.float32)
+        block = block_class(cfg)
+        for i in range(cfg.pred_depth):
+            tokens = block(cfg, cfg.pred_dim, cfg.pred_num_heads, 0.0, self.dtype,
+                           name=f'blocks_{i}')(tokens, None, True)
+        tokens = layer_norm(cfg, 'norm')(tokens)
+        return dense(cfg, cfg.dim, cfg.bias, self.dtype, init, 'proj')(tokens).astype(jnp.float32)

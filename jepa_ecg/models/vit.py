@@ -8,8 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jepa_ecg.models.layers import (Block, Dense, kernel_init, layer_norm, sincos_pos_embed,
-                                     trunc_normal)
+from jepa_ecg.models.config import ModelConfig
+from jepa_ecg.models.layers import (block_class, dense, kernel_init, layer_norm, sincos_pos_embed,
+                                    trunc_normal)
 
 Dtype = Any
 
@@ -28,28 +29,18 @@ class VisionTransformer(nn.Module):
     The patch embedding is a strided convolution over all leads at once
     (kernel = stride = patch_size), written as reshape + matmul. Under a
     bfloat16 `dtype` only the matmul inputs are bfloat16: the token stream,
-    LayerNorms and the output stay float32 (see layers.Block).
+    LayerNorms and the output stay float32 (see layers.Block). The
+    patch embedding's xavier fans are those of the torch Conv1d
+    (fan_in = leads * patch, fan_out = dim * patch).
 
-    `weight_init` (ModelConfig.init: 'trunc_normal' or 'xavier') sets the
-    kernels; the patch embedding's xavier fans are those of the torch
-    Conv1d (fan_in = leads * patch, fan_out = dim * patch). The LayerNorms
-    have a bias when `bias` or `norm_bias`.
+    Attributes:
+      cfg: the model (shape, biases, init, kernels, remat).
+      dropout: dropout inside the blocks (fine-tuning).
+      dtype: compute dtype of the matmuls.
     """
-    dim: int
-    depth: int
-    num_heads: int
-    patch_size: int
-    num_patches: int
-    num_leads: int = 12
-    mlp_ratio: float = 4.0
-    num_registers: int = 1
-    bias: bool = False
-    qkv_bias: bool = False
-    norm_eps: float = 1e-6
+    cfg: ModelConfig
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
-    weight_init: str = 'trunc_normal'
-    norm_bias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, keep_idx: Optional[jax.Array] = None,
@@ -70,11 +61,12 @@ class VisionTransformer(nn.Module):
           (B, K or N, dim) float32 token outputs after the final LayerNorm,
           with `num_registers` register tokens prepended when keep_registers.
         """
-        patches = patchify(x.astype(jnp.float32), self.patch_size)
+        cfg = self.cfg
+        patches = patchify(x.astype(jnp.float32), cfg.patch_size)
         n = patches.shape[1]
-        if n > self.num_patches:
-            raise ValueError(f'{n} patches exceed the model\'s {self.num_patches} positions')
-        pos = jnp.asarray(sincos_pos_embed(self.dim, self.num_patches)[:n], jnp.float32)
+        if n > cfg.num_patches:
+            raise ValueError(f'{n} patches exceed the model\'s {cfg.num_patches} positions')
+        pos = jnp.asarray(sincos_pos_embed(cfg.dim, cfg.num_patches)[:n], jnp.float32)
         if keep_idx is None:
             pos = pos[None]
         else:
@@ -86,28 +78,25 @@ class VisionTransformer(nn.Module):
             patches = jnp.take_along_axis(patches, keep_idx[..., None].astype(jnp.int32), axis=1,
                                           mode='clip')
             pos = jnp.take(pos, keep_idx, axis=0, mode='clip')
-        embed_init = kernel_init(self.weight_init, 0.02,
-                                 fan_in=self.num_leads * self.patch_size,
-                                 fan_out=self.dim * self.patch_size)
-        tokens = Dense(self.dim, self.bias, self.dtype, embed_init, name='patch_embed')(patches)
+        embed_init = kernel_init(cfg.init, 0.02, fan_in=cfg.num_leads * cfg.patch_size,
+                                 fan_out=cfg.dim * cfg.patch_size)
+        tokens = dense(cfg, cfg.dim, cfg.bias, self.dtype, embed_init, 'patch_embed')(patches)
         tokens = tokens.astype(jnp.float32) + pos
         b = tokens.shape[0]
         key_valid = None
-        if self.num_registers > 0:
+        if cfg.num_registers > 0:
             registers = self.param('registers', trunc_normal(0.02),
-                                   (1, self.num_registers, self.dim))
-            registers = jnp.broadcast_to(registers, (b, self.num_registers, self.dim))
+                                   (1, cfg.num_registers, cfg.dim))
+            registers = jnp.broadcast_to(registers, (b, cfg.num_registers, cfg.dim))
             tokens = jnp.concatenate([registers, tokens], axis=1)
         if keep_valid is not None:
             key_valid = jnp.concatenate(
-                [jnp.ones((b, self.num_registers), bool), keep_valid.astype(bool)], axis=1)
-        for i in range(self.depth):
-            tokens = Block(self.dim, self.num_heads, self.mlp_ratio, self.qkv_bias, self.bias,
-                           self.dropout, self.norm_eps, residual_depth=self.depth,
-                           dtype=self.dtype, weight_init=self.weight_init,
-                           norm_bias=self.norm_bias,
+                [jnp.ones((b, cfg.num_registers), bool), keep_valid.astype(bool)], axis=1)
+        block = block_class(cfg)
+        for i in range(cfg.depth):
+            tokens = block(cfg, cfg.dim, cfg.num_heads, self.dropout, self.dtype,
                            name=f'blocks_{i}')(tokens, key_valid, deterministic)
-        tokens = layer_norm(self.bias or self.norm_bias, self.norm_eps, 'norm')(tokens)
+        tokens = layer_norm(cfg, 'norm')(tokens)
         if not keep_registers:
-            tokens = tokens[:, self.num_registers:]
+            tokens = tokens[:, cfg.num_registers:]
         return tokens
