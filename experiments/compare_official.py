@@ -5,28 +5,23 @@ r"""Side by side with the official PyTorch ECG-JEPA code (kweimann/ECG-JEPA).
   python -m experiments.compare_official --what=pretrain --budget=cpu --seeds=0,1 \
       --linear_steps=1000 --official_dir=/path/to/ECG-JEPA --workdir=runs/side_by_side
 
-The official code is not part of this project: clone it anywhere
-(`git clone https://github.com/kweimann/ECG-JEPA`) and point `--official_dir`
-(default: $JEPA_ECG_OFFICIAL_DIR) at it. Torch comes with `pip install -e '.[torch]'`.
+`--official_dir` (default $JEPA_ECG_OFFICIAL_DIR) is a checkout of the
+published code; torch comes with `pip install -e '.[torch]'`.
 
 --what=train_step: times one pre-training step of both implementations in
 ONE process, on the same signals and the same masks (the keep count drawn
 per batch as in the paper, each side given the identical block masks), in
 `--reps` interleaved repetitions of `--steps_per_rep` steps each (the side
 that goes first alternates). On a shared machine only the ratio of
-back-to-back measurements means something, so the figure to read is
-`ratio` = ours / official records per second: the median of the per-
-repetition ratios (each repetition pairs the two sides measured seconds
-apart). The official step is exactly what its pretrain.py runs per step:
-schedules, forward (EMA update, target encoder, context encoder,
-predictor, L1), backward, AdamW (non-fused, as on CPU), zero_grad. Ours is
-the jitted, donated `jepa_ecg.training.jepa_step` train step of
-experiments/benchmark.py. With `--dtype=bfloat16` the official side runs
+back-to-back measurements means something: `ratio` = ours / official
+records per second, the median of the per-repetition ratios. The official
+step is what its pretrain.py runs per step (schedules, EMA update, target,
+context encoder, predictor, L1, backward, non-fused AdamW, zero_grad); ours
+is the jitted, donated train step of experiments/benchmark.py. With `--dtype=bfloat16` the official side runs
 under `torch.autocast('cpu', torch.bfloat16)`. `--kernels` picks our model's
 kernels (ModelConfig.kernels: auto, stock or cpu).
 
-Prints one line per repetition and a summary JSON line (also appended to
-`--out`).
+Prints one line per repetition and a summary JSON line (also to `--out`).
 
 --what=pretrain: per seed, our input pipeline (the PTB-XL train folds of our
 TFDS build at 100 Hz, ViT-XS, 800 steps x 64 with `--budget=cpu`) feeds the
@@ -40,10 +35,9 @@ bootstrap compares them. Writes side_by_side.json and side_by_side.png in
 logged step: the same command goes on from there and keeps finished seeds.
 `--official_impl=reference` runs experiments/torch_reference.py (tests).
 
-Timing on a shared machine: torch's OpenMP threads spin-wait, so a busy
-co-tenant slows the official side several-fold while ours barely moves; for
-a per-core figure that load does not distort, pin both to one core:
-`taskset -c 0 python -m experiments.compare_official --official_threads=1 ...`.
+Torch's OpenMP threads spin-wait, so a busy co-tenant slows the official
+side several-fold: for a per-core figure pin both to one core
+(`taskset -c 0 ... --official_threads=1`).
 """
 
 from __future__ import annotations
@@ -52,12 +46,13 @@ import contextlib
 import json
 import os
 import statistics
-import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags  # noqa: E402
+
+from experiments import official_code  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_enum('what', ['train_step'], ['train_step', 'pretrain'],
@@ -102,7 +97,6 @@ flags.DEFINE_integer('stop_at_step', None, 'pretrain: stop the first unfinished 
 flags.DEFINE_string('data_dir', None, 'pretrain: TFDS data_dir (default: TFDS\'s).')
 flags.DEFINE_string('manual_dir', None, 'pretrain: raw PTB-XL folder, to build it on first use.')
 
-VARIANT_FILES = {'XS': 'ViTXS_all.yaml', 'S': 'ViTS_all.yaml', 'B': 'ViTB_all.yaml'}
 
 
 def _official_dir() -> str:
@@ -113,21 +107,6 @@ def _official_dir() -> str:
             'https://github.com/kweimann/ECG-JEPA outside this repository and pass '
             '--official_dir=<checkout> or set JEPA_ECG_OFFICIAL_DIR.')
     return os.path.abspath(path)
-
-
-@contextlib.contextmanager
-def _official_imports(path: str):
-    """Imports from the official checkout (its top-level `configs`, `models`,
-    `utils`, `data`) without leaving them on sys.path or in sys.modules."""
-    before = set(sys.modules)
-    sys.path.insert(0, path)
-    try:
-        yield
-    finally:
-        sys.path.remove(path)
-        for name in set(sys.modules) - before:
-            if name.split('.')[0] in ('configs', 'models', 'utils', 'data'):
-                del sys.modules[name]
 
 
 def make_batches(n: int, *, batch: int, num_patches: int, samples: int, leads: int,
@@ -189,89 +168,6 @@ class Ours:
         return float(metrics['loss'])
 
 
-def official_config(cfg, config) -> dict:
-    """Overrides of the official YAML config for our model config `cfg` and
-    pre-training config `config` (sizes, schedules, optimiser)."""
-    accum = config.grad_accum_steps
-    return dict(
-        sampling_frequency=int(round(cfg.fs)), channel_size=cfg.window_samples,
-        patch_size=cfg.patch_size, dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
-        pred_dim=cfg.pred_dim, pred_depth=cfg.pred_depth, pred_num_heads=cfg.pred_num_heads,
-        mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, bias=cfg.bias, norm_eps=cfg.norm_eps,
-        num_registers=cfg.num_registers, steps=config.total_steps,
-        batch_size=config.global_batch_size // accum, gradient_accumulation_steps=accum,
-        encoder_momentum=config.ema_momentum, final_encoder_momentum=config.final_ema_momentum,
-        learning_rate=config.learning_rate, final_learning_rate=config.final_learning_rate,
-        learning_rate_warmup_steps=config.warmup_steps, weight_decay=config.weight_decay,
-        final_weight_decay=config.final_weight_decay, opt_betas=[config.b1, config.b2],
-        opt_eps=config.eps, gradient_clip=config.grad_clip)
-
-
-class OfficialCode:
-    """The official JEPA module, AdamW and schedules, stepped as its pretrain.py does.
-
-    `start_step` starts the learning-rate and weight-decay schedules there
-    and the momentum schedule at start_step * micro-batches (it advances
-    once per forward pass).
-    """
-
-    def __init__(self, path: str, cfg, config, *, sdpa: bool = False, start_step: int = 0):
-        import torch  # pylint: disable=g-import-not-at-top
-        self.torch = torch
-        with _official_imports(path):
-            import configs as off_configs  # pylint: disable=g-import-not-at-top
-            from models.JEPA import JEPA  # pylint: disable=g-import-not-at-top
-            from utils import schedules as sched  # pylint: disable=g-import-not-at-top
-            d = off_configs.load_config_file(
-                os.path.join(path, 'configs', 'pretrain', VARIANT_FILES['XS']))
-            d.update(official_config(cfg, config))
-            oc = off_configs.pretrain.Config(**d)
-            accum = oc.gradient_accumulation_steps
-            momentum = self._tap(sched.linear_schedule(
-                oc.steps, oc.encoder_momentum, oc.final_encoder_momentum,
-                step=accum * start_step))
-            self.lr = sched.cosine_schedule(oc.steps, oc.learning_rate, oc.final_learning_rate,
-                                            oc.learning_rate_warmup_steps, 1e-6, step=start_step)
-            self.wd = sched.cosine_schedule(oc.steps, oc.weight_decay, oc.final_weight_decay,
-                                            step=start_step)
-            self.update_lr, self.update_wd = sched.update_learning_rate_, sched.update_weight_decay_
-            self.model = JEPA(oc, momentum, use_sdp_kernel=sdpa)
-        self.model.train()
-        self.opt = self.model.get_optimizer(fused=False)
-
-    def _tap(self, schedule):
-        """The momentum schedule, remembering the value last handed out."""
-        self.momentum = None
-        for value in schedule:
-            self.momentum = value
-            yield value
-
-    def step(self, micro_batches, autocast=contextlib.nullcontext, *,
-             measure: bool = False) -> dict:
-        """One optimiser step over [(x (B, leads, T), keep, predict), ...].
-
-        Returns {'loss'} and, with `measure`, the applied 'lr', 'wd',
-        'momentum' and the gradient's global 'grad_norm'.
-        """
-        lr, wd = next(self.lr), next(self.wd)
-        self.update_lr(self.opt, lr)
-        self.update_wd(self.opt, wd)
-        total = 0.0
-        for x, keep, predict in micro_batches:
-            with autocast():
-                loss = self.model(x, keep, predict) / len(micro_batches)
-            loss.backward()
-            total += loss.item()
-        out = {'loss': total}
-        if measure:
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            out.update(lr=lr, wd=wd, momentum=self.momentum,
-                       grad_norm=float(self.torch.sqrt(sum((g * g).sum() for g in grads))))
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return out
-
-
 def _pretrain_config(variant: str, fs: float, batch: int, dtype: str, kernels: str = 'auto'):
     from experiments.configs.pretrain import get_config  # pylint: disable=g-import-not-at-top
     config = get_config(f'vit_{variant.lower()},synthetic')
@@ -300,7 +196,7 @@ class Official:
             from experiments import side_by_side  # pylint: disable=g-import-not-at-top
             self.code = side_by_side.ReferenceSide(cfg, config)
         else:
-            self.code = OfficialCode(path, cfg, config, sdpa=sdpa)
+            self.code = official_code.OfficialCode(path, cfg, config, sdpa=sdpa)
         self.autocast = ((lambda: torch.autocast('cpu', dtype=torch.bfloat16))
                          if dtype == 'bfloat16' else contextlib.nullcontext)
         self.batches = [torch_reference.micro_batch(b['signal'], b['masked']) for b in batches]
@@ -402,7 +298,7 @@ def compare_pretrain() -> dict:
         raise app.UsageError('--what=pretrain feeds one micro-batch per step (grad_accum_steps=1)')
     if FLAGS.official_impl == 'published':
         path = _official_dir()
-        make_side = lambda cfg, c, start_step=0: OfficialCode(path, cfg, c, start_step=start_step)
+        make_side = lambda cfg, c, start_step=0: official_code.OfficialCode(path, cfg, c, start_step=start_step)
     else:
         make_side = side_by_side.ReferenceSide
     t0 = time.time()

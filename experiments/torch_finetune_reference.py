@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 from typing import Any, Mapping
 
 import numpy as np
@@ -46,6 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from experiments import official_code
 from experiments.torch_reference import sincos_positions
 from jepa_ecg.inference import torch_import
 from jepa_ecg.models.config import ModelConfig
@@ -294,17 +294,9 @@ def published_code(path: str):
     if not os.path.isfile(os.path.join(path, 'finetune.py')):
         raise FileNotFoundError(f'{path}: no finetune.py; point JEPA_ECG_OFFICIAL_DIR at a '
                                 f'checkout of github.com/kweimann/ECG-JEPA')
-    before, argv = set(sys.modules), sys.argv
-    sys.path.insert(0, path)
-    sys.argv = ['finetune.py', '--data-dir', path, '--encoder', path]
-    try:
+    with official_code.published_imports(
+            path, argv=['finetune.py', '--data-dir', path, '--encoder', path]):
         yield
-    finally:
-        sys.argv = argv
-        sys.path.remove(path)
-        for name in set(sys.modules) - before:
-            if name.split('.')[0] in ('configs', 'models', 'utils', 'data', 'finetune'):
-                del sys.modules[name]
 
 
 class PublishedEvaluation:

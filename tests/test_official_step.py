@@ -28,7 +28,7 @@ import pytest
 torch = pytest.importorskip(
     'torch', reason="torch is not installed (pip install -e '.[torch]'; make test installs it)")
 
-from experiments import compare_official  # noqa: E402
+from experiments import official_code  # noqa: E402
 from experiments import torch_reference as ref  # noqa: E402
 from experiments.configs.pretrain import get_config  # noqa: E402
 from jepa_ecg.data import masking  # noqa: E402
@@ -221,7 +221,7 @@ def test_reference_statement_equals_the_published_code(accum, official_dir):
     cfg = model_config_from(config)
     torch.manual_seed(0)
     model = ref.Jepa(cfg)
-    official = compare_official.OfficialCode(str(official_dir), cfg, config,
+    official = official_code.OfficialCode(str(official_dir), cfg, config,
                                              start_step=3)
     official.model.load_state_dict(model.state_dict())
     opt = ref.make_optimizer(model, b1=config.b1, b2=config.b2, eps=config.eps)
@@ -253,7 +253,7 @@ def test_our_initialiser_draws_what_the_published_one_draws(side, init, request)
         config.model.init, config.model.norm_bias = 'xavier', True
     cfg = model_config_from(config)
     torch.manual_seed(0)
-    model = (ref.Jepa(cfg) if side == 'reference' else compare_official.OfficialCode(
+    model = (ref.Jepa(cfg) if side == 'reference' else official_code.OfficialCode(
         str(official_dir), cfg, config).model)
     theirs = dict(jax.tree_util.tree_flatten_with_path(_to_ours(_state_arrays(model), cfg))[0])
     ours = jax.tree_util.tree_flatten_with_path(jepa.init_params(jax.random.PRNGKey(0), cfg))[0]
