@@ -67,6 +67,11 @@ def get_config(arg: str = 'linear') -> ml_collections.ConfigDict:
     # its directory), and the head follows the encoder's init.
     c.model.init = 'trunc_normal'
     c.model.norm_bias = False
+    # How the model computes (jepa_ecg.models.config.KERNELS): 'auto' takes the
+    # XLA:CPU kernels on CPU and the stock layers elsewhere; remat recomputes
+    # each block in the backward pass (large per-device batches).
+    c.model.kernels = 'auto'
+    c.model.remat = False
 
     c.data = ml_collections.ConfigDict()
     c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir

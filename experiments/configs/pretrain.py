@@ -50,6 +50,11 @@ def get_config(arg: str = 'vit_xs,synthetic') -> ml_collections.ConfigDict:
     # reproduce the official first release (the published numbers).
     c.model.init = 'trunc_normal'
     c.model.norm_bias = False  # True: LayerNorm biases even with bias=False
+    # How the model computes (jepa_ecg.models.config.KERNELS): 'auto' takes the
+    # XLA:CPU kernels on CPU and the stock layers elsewhere; remat recomputes
+    # each block in the backward pass (large per-device batches).
+    c.model.kernels = 'auto'
+    c.model.remat = False
     c.dtype = a.dtype
 
     c.data = ml_collections.ConfigDict()
