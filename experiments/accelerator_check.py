@@ -127,7 +127,7 @@ def pipeline_rows(batch: int, worker_counts: Sequence[int], *, smoke: bool,
     """Records/s of the pre-training input pipeline over the offline synthetic
     source (built in a temporary folder), one row per Grain worker count."""
     from experiments import pipeline_bench  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.data import stats  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.data import source_stats as stats  # pylint: disable=g-import-not-at-top
     from jepa_ecg.data.sources import Source  # pylint: disable=g-import-not-at-top
     from tfds_builders import build  # pylint: disable=g-import-not-at-top
     sharding.hide_accelerators_from_tensorflow()
@@ -178,12 +178,12 @@ def equivalence_row(kernels: str = 'auto') -> dict:
     sched = ref.Schedules.from_config(config)
     schedules = optim.make_schedules(config)
     tx = optim.make_optimizer(config, schedules)
-    params = torch_import.convert_online_state(arrays(model), cfg)
+    params = torch_import.convert_context_state(arrays(model), cfg)
     moved = copy.deepcopy(model)
     moved.move_target(sched.momentum(0))  # our state holds the target after its EMA move
     state = jepa.TrainState(step=jax.numpy.asarray(0, jax.numpy.int32), params=params,
                             target_params=torch_import.convert_target_state(arrays(moved), cfg),
-                            opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
+                            opt_state=tx.init(params))
     rng = np.random.default_rng(0)
     k = masking.sample_num_keep(rng, cfg.num_patches, (0.15, 0.25))
     signal = rng.standard_normal((4, cfg.window_samples, cfg.num_leads)).astype(np.float32)
@@ -195,7 +195,7 @@ def equivalence_row(kernels: str = 'auto') -> dict:
         state, metrics = step(state, {'signal': signal, 'keep_idx': keep_idx,
                                       'keep_valid': keep_valid, 'predict_mask': masked})
     loss_ref, _, _ = ref.train_step(model, opt, sched, 0, [ref.micro_batch(signal, masked)], 0)
-    theirs = torch_import.convert_online_state(arrays(model), cfg)
+    theirs = torch_import.convert_context_state(arrays(model), cfg)
     err = max(float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64)) /
                     max(np.linalg.norm(np.asarray(b, np.float64)), 1e-12))
               for a, b in zip(jax.tree_util.tree_leaves(state.params),

@@ -140,6 +140,24 @@ def test_train_batches_are_random_crops_and_epochs_cover_every_record():
     assert not np.array_equal(again['signal'], other['signal'])
 
 
+def test_each_process_reads_only_its_rows_of_the_global_batch():
+    task = _task(n=20 + 4)
+    whole = list(itertools.islice(task.train_batches(batch_size=8, crop=250, seed=3), 5))
+    for count in (2, 4):
+        parts = [list(itertools.islice(task.train_batches(
+            batch_size=8, crop=250, seed=3, process_index=p, process_count=count), 5))
+            for p in range(count)]
+        for step, batch in enumerate(whole):
+            for key in ('signal', 'target'):
+                np.testing.assert_array_equal(
+                    np.concatenate([part[step][key] for part in parts]), batch[key])
+        resumed = next(task.train_batches(batch_size=8, crop=250, seed=3, start_step=3,
+                                          process_index=1, process_count=count))
+        np.testing.assert_array_equal(resumed['signal'], parts[1][3]['signal'])
+    with pytest.raises(ValueError, match='does not split over 3 processes'):
+        task.train_dataset(batch_size=8, crop=250, seed=3, process_count=3)
+
+
 def test_average_window_logits():
     logits = np.arange(3 * 7 * 2, dtype=np.float32).reshape(3 * 7, 2)
     avg = data.average_window_logits(logits, 3)

@@ -8,11 +8,11 @@ import pytest
 import scipy.stats
 import tensorflow_datasets as tfds
 
-from jepa_ecg.data import datasets
-from jepa_ecg.data import preprocess
+from jepa_ecg.data import datasets, preprocess
 from jepa_ecg.data import pretrain as pipeline
-from jepa_ecg.data import sources as sources_lib
 from jepa_ecg.data import source_stats as stats
+from jepa_ecg.data import sources as sources_lib
+from jepa_ecg.data.stats import LeadStats
 from jepa_ecg.ecg import transforms
 from jepa_ecg.ecg.leads import LEADS
 from tfds_builders import build
@@ -27,7 +27,7 @@ SOURCES = {
     'pipe_small': Source('pipe_small', 'synthetic_ecg/small', 500.0),
 }
 # Standardising with these changes nothing: what is left is filtering and resampling.
-UNIT_STATS = preprocess.LeadStats(np.zeros(12), np.ones(12))
+UNIT_STATS = LeadStats(np.zeros(12), np.ones(12))
 COMMON = dict(fs=500.0, window_seconds=10.0, patch_size=25, sources=SOURCES)
 
 

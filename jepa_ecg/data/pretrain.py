@@ -43,13 +43,11 @@ import grain
 import numpy as np
 from absl import flags
 
-from jepa_ecg.data import datasets
-from jepa_ecg.data import example_wire
-from jepa_ecg.data import masking
+from jepa_ecg.data import datasets, example_wire, masking, source_stats
 from jepa_ecg.data import preprocess as preprocess_lib
 from jepa_ecg.data import sources as sources_lib
-from jepa_ecg.data import source_stats
 from jepa_ecg.data.lead_subsets import LeadDropout
+from jepa_ecg.data.stats import LeadStats
 from jepa_ecg.ecg import transforms
 from jepa_ecg.ecg.leads import LEADS
 
@@ -69,7 +67,7 @@ _ENDLESS = 1 << 62
 class _OpenSource:
     source: sources_lib.Source
     reader: datasets.SplitReader
-    stats: preprocess_lib.LeadStats
+    stats: LeadStats
 
 
 class _RecordOrder:
@@ -260,7 +258,7 @@ class PretrainPipeline:
         reader = datasets.open_source(src, data_dir)
         if len(reader) == 0:
             raise ValueError(f'source {src.name!r} split {reader.split!r} is empty')
-        lead_stats = preprocess_lib.LeadStats.from_json(
+        lead_stats = LeadStats.from_json(
             {**source_stats.load_lead_stats(src, data_dir), 'source': src.name})
         return _OpenSource(src, reader, lead_stats)
 

@@ -244,29 +244,44 @@ class PtbxlTask:
             grain.ReadOptions(num_threads=_EVAL_THREADS, prefetch_buffer_size=8)))
 
     def train_dataset(self, *, batch_size: int, crop: int, seed: int,
-                      lead_dropout: float = 0.0) -> grain.MapDataset:
-        """Training batches as a Grain dataset indexed by step (`lead_dropout`: see
-        `lead_subsets.LeadDropout`)."""
+                      lead_dropout: float = 0.0, process_index: int = 0,
+                      process_count: int = 1) -> grain.MapDataset:
+        """This process's rows of the training batches, a Grain dataset indexed by step.
+
+        Global batch b holds records b * batch_size .. of the epoch order;
+        process p reads only its `batch_size / process_count` rows of it, the
+        ones it puts on its devices (`lead_dropout`: see
+        `lead_subsets.LeadDropout`).
+        """
         split = self.splits['train']
         if not 0 < batch_size <= len(split):
             raise ValueError(f'batch of {batch_size} must be in [1, {len(split)}] '
                              f'(the training records)')
+        if batch_size % process_count:
+            raise ValueError(f'batch of {batch_size} does not split over {process_count} '
+                             f'processes')
         order = _EpochOrder(split, batch_size, seed)
+        local = batch_size // process_count
         ds = (grain.MapDataset.range(sys.maxsize)
               .map(order)
               .random_map(_TrainExample(self._prep, split, crop), seed=_seed(seed))
-              .batch(batch_size, drop_remainder=True))
-        return ds.map_with_index(LeadDropout(lead_dropout, seed)) if lead_dropout else ds
+              .batch(local, drop_remainder=True))[process_index::process_count]
+        return (ds.map_with_index(LeadDropout(lead_dropout, seed, process_index))
+                if lead_dropout else ds)
 
     def train_batches(self, *, batch_size: int, crop: int, seed: int, start_step: int = 0,
-                      num_threads: int = 2, lead_dropout: float = 0.0) -> Iterator[dict]:
-        """Training batches from `start_step` on, prepared ahead in threads.
+                      num_threads: int = 2, lead_dropout: float = 0.0, process_index: int = 0,
+                      process_count: int = 1) -> Iterator[dict]:
+        """This process's rows of the training batches from `start_step` on,
+        prepared ahead in threads.
 
         Yields:
-          {'signal': (B, crop, 12) float32, 'target': (B, C) float32}.
+          {'signal': (b, crop, 12) float32, 'target': (b, C) float32}, b =
+          batch_size / process_count.
         """
         ds = self.train_dataset(batch_size=batch_size, crop=crop, seed=seed,
-                                lead_dropout=lead_dropout)[int(start_step):]
+                                lead_dropout=lead_dropout, process_index=process_index,
+                                process_count=process_count)[int(start_step):]
         return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                          prefetch_buffer_size=4)))
 

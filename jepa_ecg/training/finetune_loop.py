@@ -218,8 +218,6 @@ def fit_with_validation(run: Run, workdir: str,
     """
     config = run.config
     total = int(config.total_steps)
-    local = config.batch_size // jax.process_count()
-    lo = jax.process_index() * local
     manager = checkpoint.best_manager(workdir)
     checkpoint.clear(manager)  # a re-run starts from scratch
     progress = _Progress(total, config.log_every, run.tag)
@@ -227,12 +225,14 @@ def fit_with_validation(run: Run, workdir: str,
     best_auc, best_step, best_val = -math.inf, 0, None
     state, step, stopped_early = run.state, 0, False
     batches = run.task.train_batches(batch_size=config.batch_size, crop=run.crop, seed=run.seed,
-                                     lead_dropout=config.data.get('lead_dropout', 0.0))
+                                     lead_dropout=config.data.get('lead_dropout', 0.0),
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+    # Keeps the next batch's host-to-device copy in flight while a step runs.
+    device_batches = sharding.prefetch_to_device(batches, run.mesh, size=1)
     try:
         while step < total:
-            batch = {k: v[lo:lo + local] for k, v in next(batches).items()}
-            state, m = run.train_step(state, sharding.host_to_global(batch, run.mesh),
-                                      run.dropout_key)
+            state, m = run.train_step(state, next(device_batches), run.dropout_key)
             step += 1
             if stop is not None and stop.should_stop(step):
                 raise guard.StopRequested(stop.received, step, workdir, resumable=False)
