@@ -165,7 +165,8 @@ def test_predict_interrupted_by_sigint_resumes_and_writes_npz(tmp_path, capsys):
     clf_dir = tmp_path / 'clf'
     classifier_lib.save_classifier(str(clf_dir), cfg, params, head='attentive',
                                    class_names=CLASSES, lead_stats=STATS)
-    write_npz(tmp_path / 'in', signals(12, seconds=40))
+    # Enough files that the run is still going when the signal arrives.
+    write_npz(tmp_path / 'in', signals(24, seconds=40))
     args = ['predict', str(tmp_path / 'in'), '--checkpoint', str(clf_dir), '--batch-size', '1',
             '--workers', '1', '--save-every', '1', '--quiet', '--out']
     assert cli.main(args + [str(tmp_path / 'clean.csv')]) == 0
@@ -174,7 +175,8 @@ def test_predict_interrupted_by_sigint_resumes_and_writes_npz(tmp_path, capsys):
     proc = subprocess.Popen([sys.executable, '-m', 'jepa_ecg.cli'] + args + [str(out)],
                             env=dict(os.environ, PYTHONPATH=root), stderr=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    # Generous: the first part waits for imports and compilation on a loaded machine.
+    deadline = time.time() + 600
     while not (parts / 'part-00001.npz').exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.02)
