@@ -166,7 +166,7 @@ def test_predict_interrupted_by_sigint_resumes_and_writes_npz(tmp_path, capsys):
     classifier_lib.save_classifier(str(clf_dir), cfg, params, head='attentive',
                                    class_names=CLASSES, lead_stats=STATS)
     # Enough files that the run is still going when the signal arrives.
-    write_npz(tmp_path / 'in', signals(24, seconds=40))
+    write_npz(tmp_path / 'in', signals(24, seconds=120))
     args = ['predict', str(tmp_path / 'in'), '--checkpoint', str(clf_dir), '--batch-size', '1',
             '--workers', '1', '--save-every', '1', '--quiet', '--out']
     assert cli.main(args + [str(tmp_path / 'clean.csv')]) == 0

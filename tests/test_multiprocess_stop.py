@@ -25,9 +25,6 @@ from jepa_ecg.data.masking import sample_batch_masks
 from jepa_ecg.models.config import model_config_from
 from jepa_ecg.training import guard, jepa_loop
 
-# Full tier (make test-all): see README's test tiers.
-pytestmark = pytest.mark.slow
-
 workdir, total = sys.argv[1], int(sys.argv[2])
 c = get_config('vit_tiny,synthetic,100hz,smoke')
 c.total_steps, c.log_every, c.rank_every, c.checkpoint_every = total, 1, 0, 1000

@@ -23,12 +23,12 @@ from jepa_ecg.training import jepa_step as jepa
 from jepa_ecg.models import build_encoder, build_predictor, cpu_kernels, layers, model_config
 from jepa_ecg.models.layers import sincos_pos_embed, trunc_normal
 
+# Full tier (make test-all): see README's test tiers.
+pytestmark = pytest.mark.slow
+
 
 def layer_norm(bias, eps, name):
     return nn.LayerNorm(eps, use_bias=bias, use_fast_variance=False, name=name)
-
-# Full tier (make test-all): see README's test tiers.
-pytestmark = pytest.mark.slow
 
 
 # ------------------------------------------------ reference (straightforward)
