@@ -30,6 +30,8 @@ import time
 from typing import Any, Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# TensorFlow only reads datasets here: its start-up oneDNN notice is noise.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

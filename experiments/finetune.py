@@ -23,6 +23,8 @@ off unless `--verbosity` asks for them.
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# TensorFlow only reads datasets here: its start-up oneDNN notice is noise.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -18,6 +18,8 @@ import json
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# TensorFlow only reads datasets here: its start-up oneDNN notice is noise.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402

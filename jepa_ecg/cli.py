@@ -292,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error (2), already printed
         return int(e.code or 0)
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    # TensorFlow only reads datasets here: its start-up oneDNN notice is noise.
+    os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
     if argv is None:
         # A shell command: Orbax's INFO/WARNING lines (e.g. "directory is read
         # only" when restoring) are noise here. Library callers keep their setup.

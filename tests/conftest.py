@@ -9,6 +9,8 @@ if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_force_host_platform_device_count=4').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# TensorFlow only reads datasets here: its start-up oneDNN notice is noise.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 
 import pytest  # noqa: E402

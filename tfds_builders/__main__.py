@@ -22,12 +22,16 @@ import pathlib
 import sys
 import time
 
-from absl import logging
-import tensorflow_datasets as tfds
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# TensorFlow only reads and writes datasets here: its start-up oneDNN notice is noise.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
-from tfds_builders import base
-from tfds_builders import build
-from tfds_builders import errors
+from absl import logging  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+from tfds_builders import base  # noqa: E402
+from tfds_builders import build  # noqa: E402
+from tfds_builders import errors  # noqa: E402
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 import weakref
 from typing import Any, Callable
 
@@ -63,6 +64,11 @@ _pending_step: 'weakref.WeakKeyDictionary[Any, int]' = weakref.WeakKeyDictionary
 def _save_error(manager: ocp.CheckpointManager, step: int, e: BaseException
                 ) -> CheckpointSaveError:
     directory = os.fspath(manager.directory)
+    # The failed save leaves write coroutines of the checkpoint library that
+    # never ran; collected at exit they would add a RuntimeWarning after the
+    # one line the run ends with. The error below already says what failed.
+    warnings.filterwarnings('ignore', message=r"coroutine '.*' was never awaited",
+                            category=RuntimeWarning)
     cause = e
     while cause is not None and not isinstance(cause, OSError):
         cause = cause.__cause__ or cause.__context__
