@@ -31,7 +31,7 @@ from experiments.configs.learning_curve import budget_steps  # noqa: E402
 from jepa_ecg import sharding  # noqa: E402
 from jepa_ecg.inference import resolve, runs  # noqa: E402
 from jepa_ecg.training import finetune_loop, finetune_runs, jepa_loop  # noqa: E402
-from jepa_ecg.training.checkpoint import METRICS_FILE  # noqa: E402
+from jepa_ecg.training.metrics_writer import read_metrics  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -67,18 +67,17 @@ def random_band(config, workdir: str) -> dict:
             'min': float(np.min(aucs)), 'max': float(np.max(aucs))}
 
 
-def pretrain_to(config, pre_dir: str, step: int) -> float:
-    """Pre-trains (resuming) up to `step`; returns the last logged loss there."""
+def pretrain_to(config, pre_dir: str, step: int) -> dict:
+    """Pre-trains (resuming) up to `step`; the last logged loss and target rank there."""
     with config.pretrain.unlocked():
         config.pretrain.stop_at_step = step
     jepa_loop.train_and_evaluate(config.pretrain, pre_dir)
-    loss = float('nan')
-    with open(os.path.join(pre_dir, METRICS_FILE)) as f:
-        for line in f:
-            row = json.loads(line)
-            if row.get('step', 0) <= step and 'loss' in row:
-                loss = row['loss']
-    return loss
+    last = {'pretrain_loss': float('nan'), 'target_rank': float('nan')}
+    for row in read_metrics(pre_dir):
+        if row['step'] <= step:
+            last.update({'pretrain_loss': row['loss']} if 'loss' in row else {})
+            last.update({'target_rank': row['target_rank']} if 'target_rank' in row else {})
+    return last
 
 
 def linear_at(config, pre_dir: str, step: int, workdir: str) -> str:
@@ -139,10 +138,9 @@ def run_curve(config, workdir: str) -> dict:
              'pretrain_total_steps': int(config.pretrain.total_steps),
              'linear_steps': int(config.linear.total_steps), 'random': band, 'points': []}
     for step in budget_steps(config):
-        loss = pretrain_to(config, pre_dir, step)
+        logged = pretrain_to(config, pre_dir, step)
         run = linear_at(config, pre_dir, step, workdir)
-        point = {'step': step, 'records_seen': step * batch, 'pretrain_loss': loss,
-                 **_run_summary(run)}
+        point = {'step': step, 'records_seen': step * batch, **logged, **_run_summary(run)}
         point['paired'] = paired_vs_random(run, band, config)
         curve['points'].append(point)
         p0 = point['paired'][0]

@@ -175,3 +175,40 @@ def test_resume_drops_the_rows_logged_after_the_checkpoint(tmp_path):
     # A fresh run (step 0) starts a fresh log.
     metrics_writer.MetricsWriter(str(tmp_path)).close()
     assert path.read_text() == ''
+
+
+def test_a_rank_collapse_is_warned_once(caplog):
+    watch = metrics_writer.RankWatch([30.0, 28.0])
+    with caplog.at_level('WARNING'):
+        assert not watch.add(25, 26.0)   # steady
+        assert not watch.add(50, 8.0)    # below half, not below a quarter of 28
+        assert watch.add(75, 6.5)        # below 7 = a quarter of the median 28
+        assert not watch.add(100, 2.0)   # once per run
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    assert len(warnings) == 1 and 'step 75' in warnings[0] and 'collapsing' in warnings[0]
+    # Too little history to judge: no warning however low.
+    assert not metrics_writer.RankWatch([30.0]).add(25, 0.5)
+
+
+@pytest.mark.slow
+def test_pretraining_reads_the_logged_ranks_back_when_it_resumes(tmp_path, caplog):
+    # The ranks logged before a resume count towards the running median: a
+    # history of high ranks makes the resumed run's ordinary ranks a collapse.
+    c = _config(4)
+    cfg = model_config_from(c)
+    loop.train_and_evaluate(c, str(tmp_path), input_iterator_fn=_batches(cfg, 4))
+    rows = metrics_writer.read_metrics(str(tmp_path))
+    logged = max(r['target_rank'] for r in rows if 'target_rank' in r)
+    path = tmp_path / 'metrics.jsonl'
+    text = path.read_text().splitlines()
+    high = [json.loads(line) for line in text]
+    for r in high:
+        if 'target_rank' in r:
+            r['target_rank'] = 100 * logged
+    high.append({'step': 1, 'target_rank': 100 * logged})  # a third high rank
+    path.write_text(''.join(json.dumps(r) + '\n' for r in high))
+    with c.unlocked():
+        c.total_steps = 6
+    with caplog.at_level('WARNING'):
+        loop.train_and_evaluate(c, str(tmp_path), input_iterator_fn=_batches(cfg, 4))
+    assert any('collapsing' in r.getMessage() for r in caplog.records), caplog.text

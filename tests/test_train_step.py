@@ -168,3 +168,36 @@ def test_masked_l1_is_mean_over_masked_patches():
     mask = np.array([[1, 0, 0, 1], [0, 1, 1, 0]], bool)
     expected = np.abs(target[mask]).mean()
     np.testing.assert_allclose(jepa.masked_l1(pred, target, mask), expected, rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('layer_norm', [False, True])
+def test_targets_are_regressed_raw_or_layer_normalised(layer_norm):
+    import flax.linen as nn
+    from jepa_ecg.models import build_encoder, build_predictor
+    config, cfg, schedules, tx = _setup()
+    state = jepa.init_train_state(jax.random.PRNGKey(0), cfg, tx)
+    # At init the encoder's final LayerNorm already normalises its tokens; a
+    # trained target's norm has learnt a scale (here: every weight moved).
+    state = state.replace(target_params=jax.tree_util.tree_map(
+        lambda p: 1.7 * p + 0.05, state.target_params))
+    batch = {k: jnp.asarray(v) for k, v in _batch(cfg, 4).items()}
+    step = jax.jit(jepa.make_train_step(cfg, tx, schedules, target_layer_norm=layer_norm))
+    _, metrics = step(state, batch)
+    # The loss stated independently: L1 to the target tokens, or to those
+    # tokens normalised by a LayerNorm without scale and shift.
+    targets = build_encoder(cfg).apply({'params': state.target_params}, batch['signal'])
+    context = build_encoder(cfg).apply({'params': state.params['encoder']}, batch['signal'],
+                                       batch['keep_idx'], batch['keep_valid'])
+    pred = build_predictor(cfg).apply({'params': state.params['predictor']}, context,
+                                      batch['keep_idx'], batch['keep_valid'],
+                                      batch['predict_mask'])
+    if layer_norm:
+        targets = nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False).apply({}, targets)
+    want = jepa.masked_l1(pred, targets, batch['predict_mask'])
+    np.testing.assert_allclose(float(metrics['loss']), float(want), rtol=1e-5)
+    # Different numbers: the switch is not a no-op.
+    raw = jepa.masked_l1(pred, build_encoder(cfg).apply({'params': state.target_params},
+                                                        batch['signal']),
+                         batch['predict_mask'])
+    assert (abs(float(metrics['loss']) - float(raw)) > 1e-3 * float(raw)) == layer_norm

@@ -92,6 +92,9 @@ def get_config(arg: str = 'vit_xs,synthetic') -> ml_collections.ConfigDict:
     # momentum schedule advancing that many times per step), as the
     # published ViT-B runs did.
     c.ema_per_micro_batch = False
+    # True: the predictor regresses layer-normalised target tokens (I-JEPA's
+    # choice); the published ECG-JEPA regresses them as they are.
+    c.target_layer_norm = False
 
     c.log_every = 100
     c.rank_every = 100

@@ -20,7 +20,7 @@ from jepa_ecg.models import ModelConfig
 from jepa_ecg.models.config import model_config_from
 from jepa_ecg.training import checkpoint, config_checks, guard, optim
 from jepa_ecg.training import jepa_step as jepa
-from jepa_ecg.training.metrics_writer import MetricsWriter
+from jepa_ecg.training.metrics_writer import MetricsWriter, RankWatch, read_metrics
 
 # What the step consumes; anything else the pipeline yields stays on the host.
 STEP_INPUTS = ('signal', 'keep_idx', 'keep_valid', 'predict_mask')
@@ -121,7 +121,8 @@ def _run(config: ml_collections.ConfigDict, cfg: ModelConfig, workdir: str,
     step_fn = jepa.make_train_step(cfg, tx, schedules, dtype=config.dtype,
                                    grad_accum_steps=config.grad_accum_steps,
                                    rank_every=config.rank_every,
-                                   ema_per_micro_batch=config.get('ema_per_micro_batch', False))
+                                   ema_per_micro_batch=config.get('ema_per_micro_batch', False),
+                                   target_layer_norm=config.get('target_layer_norm', False))
     train_step = sharding.jit_data_parallel(step_fn, mesh, donate_argnums=(0,))
     config_path = os.path.join(workdir, checkpoint.CONFIG_FILE)
     # Before Orbax meets arrays of another shape: one line naming the field.
@@ -142,13 +143,15 @@ def _run(config: ml_collections.ConfigDict, cfg: ModelConfig, workdir: str,
         it = sharding.prefetch_to_device(({k: b[k] for k in STEP_INPUTS} for b in source_iter),
                                          mesh, size=1)
         writer = MetricsWriter(workdir, start_step=start_step)
+        ranks = RankWatch([r['target_rank'] for r in read_metrics(workdir)
+                           if 'target_rank' in r])
         logging.info('training %s (%s) on %d devices, %d processes, global batch %d, '
                      'steps %d -> %d', cfg.variant, config.dtype, mesh.devices.size,
                      jax.process_count(), config.global_batch_size, start_step,
                      config.total_steps)
         t_start = time.time()
         step, last = _train(config, cfg, state, start_step, train_step, it, manager, writer,
-                            stop)
+                            stop, ranks)
     except BaseException:
         _close_quietly(source_iter, manager, writer)
         raise
@@ -175,7 +178,8 @@ def _close_quietly(source_iter, manager, writer) -> None:
 
 def _train(config: ml_collections.ConfigDict, cfg: ModelConfig, state, start_step: int,
            train_step, it: Iterator[dict], manager, writer: MetricsWriter,
-           stop_signals: guard.StopSignals) -> tuple[int, dict[str, float]]:
+           stop_signals: guard.StopSignals, ranks: RankWatch
+           ) -> tuple[int, dict[str, float]]:
     """Steps from `start_step` to `config.total_steps`; logs and checkpoints on the way.
 
     A stop signal ends the loop after the step in progress, with a checkpoint
@@ -215,6 +219,8 @@ def _train(config: ml_collections.ConfigDict, cfg: ModelConfig, state, start_ste
             scalars['records_per_s'] = rate * config.global_batch_size
             writer.write(step, scalars)
             _log_line(step, total, scalars, (total - step) / max(rate, 1e-9))
+            if 'target_rank' in scalars:
+                ranks.add(step, scalars['target_rank'])
             t_last, step_last, last = now, step, scalars
         if due_save:
             checkpoint.save(manager, step, state, {**meta_base, 'step': step, 'data_step': step},

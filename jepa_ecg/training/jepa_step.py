@@ -62,6 +62,14 @@ def masked_l1(pred: jax.Array, target: jax.Array, predict_mask: jax.Array) -> ja
     return err.sum() / (w.sum() * pred.shape[-1])
 
 
+def _feature_layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Each token centred and scaled to unit variance over its features, in float32."""
+    x = x.astype(jnp.float32)
+    mean = x.mean(axis=-1, keepdims=True)
+    var = jnp.square(x - mean).mean(axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
 def effective_rank(features: jax.Array) -> jax.Array:
     """exp(entropy) of the normalised singular values of centred features (B, D).
 
@@ -100,7 +108,8 @@ def micro_batches(batch: dict, n: int) -> dict:
 def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation,
                     schedules: dict[str, Callable], *, dtype: str = 'float32',
                     grad_accum_steps: int = 1, rank_every: int = 1,
-                    ema_per_micro_batch: bool = False) -> Callable:
+                    ema_per_micro_batch: bool = False,
+                    target_layer_norm: bool = False) -> Callable:
     """Builds `train_step(state, batch) -> (state, metrics)` (not yet jitted).
 
     Args:
@@ -119,6 +128,9 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation,
         the momentum schedule, so the schedule advances n times per optimiser
         step and reaches its final value after total_steps / n steps: the
         published ViT-B recipe. Off: one EMA update per optimiser step.
+      target_layer_norm: regress the target tokens layer-normalised over
+        their features (no scale or shift) instead of as they are; the
+        logged target std and rank stay those of the raw targets.
 
     EMA timing: the momentum applied after step t's update is the schedule
     at index t + 1 (n * (t + 1) per micro-batch), which makes the target a
@@ -136,7 +148,8 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation,
                                 batch['keep_idx'], batch['keep_valid'])
         pred = predictor.apply({'params': params['predictor']}, context, batch['keep_idx'],
                                batch['keep_valid'], batch['predict_mask'])
-        loss = masked_l1(pred, targets, batch['predict_mask'])
+        goal = _feature_layer_norm(targets) if target_layer_norm else targets
+        loss = masked_l1(pred, goal, batch['predict_mask'])
         return loss, targets
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

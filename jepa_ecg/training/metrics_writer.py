@@ -60,6 +60,36 @@ class MetricsWriter:
             self._tb.close()
 
 
+class RankWatch:
+    """Warns once when the target's effective rank falls below a quarter of its
+    running median: a hint that the representation is collapsing.
+
+    `history` holds the ranks logged before (a resumed run reads them back
+    from metrics.jsonl), so the median spans the whole run.
+    """
+
+    FRACTION = 0.25
+    MIN_HISTORY = 3  # ranks seen before the first comparison
+
+    def __init__(self, history: list[float] = ()):
+        self.ranks = [float(r) for r in history]
+        self.warned = False
+
+    def add(self, step: int, rank: float) -> bool:
+        """Records the rank logged at `step`; True when this one set off the warning."""
+        fired = False
+        if not self.warned and len(self.ranks) >= self.MIN_HISTORY:
+            median = float(np.median(self.ranks))
+            if rank < self.FRACTION * median:
+                logging.warning(
+                    'step %d: the target\'s effective rank %.1f fell below a quarter of its '
+                    'running median %.1f; the representation may be collapsing (a lower '
+                    'learning rate or the small_budget recipe may help)', step, rank, median)
+                self.warned = fired = True
+        self.ranks.append(float(rank))
+        return fired
+
+
 def truncate_metrics(workdir: str, step: int) -> int:
     """Drops the rows of metrics.jsonl logged after `step`.
 
