@@ -165,13 +165,12 @@ def test_predict_interrupted_by_sigint_resumes_and_writes_npz(tmp_path, capsys):
     clf_dir = tmp_path / 'clf'
     classifier_lib.save_classifier(str(clf_dir), cfg, params, head='attentive',
                                    class_names=CLASSES, lead_stats=STATS)
-    # Enough work after the first part (24 two-minute records, a window every
-    # 0.25 s: about 480 windows a file) that the run is still going seconds
-    # after the signal is sent, even on a loaded machine.
-    write_npz(tmp_path / 'in', signals(24, seconds=120))
+    # Enough work after the first part (24 ten-minute records, about 480
+    # windows a file) that the run is still going seconds after the signal
+    # is sent, even on a loaded machine.
+    write_npz(tmp_path / 'in', signals(24, seconds=600))
     args = ['predict', str(tmp_path / 'in'), '--checkpoint', str(clf_dir), '--batch-size', '1',
-            '--workers', '1', '--save-every', '1', '--stride-seconds', '0.25', '--quiet',
-            '--out']
+            '--workers', '1', '--save-every', '1', '--quiet', '--out']
     assert cli.main(args + [str(tmp_path / 'clean.csv')]) == 0
     out, parts = tmp_path / 'preds.csv', tmp_path / 'preds.csv.parts'
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
