@@ -126,21 +126,26 @@ def make_torch_side(official_dir: str | None, cfg, config, num_classes: int, *,
                                    single_label=single_label, overrides=overrides)
 
 
-def start_encoder(source, config, num_classes: int, crop: int):
-    """(classifier cfg, encoder params): the resolved encoder, completed to the
-    classifier's config (a register added when it has none) from ENCODER_SEED."""
+def classifier_config(source, config):
+    """The encoder config a run builds its classifier with (a register added
+    when the encoder has none, as finetune_loop.build_run does)."""
+    return dataclasses.replace(source.config, num_registers=max(1, source.config.num_registers),
+                               dtype=config.dtype)
+
+
+def start_encoder(source, cfg, config, num_classes: int, crop: int):
+    """The resolved encoder's params completed to `cfg` (a register the
+    encoder lacks drawn from ENCODER_SEED), as numpy."""
     import jax  # pylint: disable=g-import-not-at-top
     from jepa_ecg.models.classifier import build_classifier, init_classifier  # pylint: disable=g-import-not-at-top
     from jepa_ecg.training.finetune_step import merge_pretrained  # pylint: disable=g-import-not-at-top
-    cfg = dataclasses.replace(source.config, num_registers=max(1, source.config.num_registers),
-                              dtype=config.dtype)
     model = build_classifier(cfg, num_classes, head=config.head, dropout=config.dropout,
                              frozen=config.frozen, head_bias=config.head_bias)
     fresh = init_classifier(model, jax.random.PRNGKey(ENCODER_SEED), crop, cfg.num_leads)
     encoder = fresh['encoder']
     if source.encoder_params is not None:
         encoder = merge_pretrained(encoder, source.encoder_params, 'encoder')
-    return cfg, jax.tree_util.tree_map(np.asarray, jax.device_get(encoder))
+    return jax.tree_util.tree_map(np.asarray, jax.device_get(encoder))
 
 
 def _probabilities(side, records: np.ndarray) -> np.ndarray:
@@ -266,22 +271,23 @@ def run(config, seeds: list[int], source, workdir: str, *, task: str,
     from jepa_ecg.ecg import transforms  # pylint: disable=g-import-not-at-top
     config = config.copy_and_resolve_references()
     config.seed = 0  # seed k runs as seed_index k
-    spec = source.spec
-    task_data = finetune_loop.load_task_data(config, task, source.config.fs)
-    crop = transforms.samples(source.config.fs, config.data.crop_seconds)
-    stride = transforms.samples(source.config.fs, config.data.eval_stride_seconds)
-    cfg, encoder = start_encoder(source, config, task_data.num_classes, crop)
+    spec, cfg = source.spec, classifier_config(source, config)
     side_name = 'published' if official_dir else 'reference'
     result = {'what': 'finetune', 'encoder_description': source.description,
               'settings': settings_of(config, cfg, spec=spec, task=task, side_name=side_name)}
     path = os.path.join(workdir, RESULT_FILE)
     result['seeds'] = earlier_seeds(path, result['settings'])
     os.makedirs(workdir, exist_ok=True)
-    torch_encoder = {f'encoder.{k}': v for k, v in encoder_state_dict(encoder, cfg).items()}
-    for seed in seeds:
-        if seed in {s['seed'] for s in result['seeds']}:
-            progress(f'seed {seed}: kept from {path}')
-            continue
+    for seed in [s['seed'] for s in result['seeds'] if s['seed'] in seeds]:
+        progress(f'seed {seed}: kept from {path}')
+    todo = [s for s in dict.fromkeys(seeds) if s not in {e['seed'] for e in result['seeds']}]
+    if todo:
+        task_data = finetune_loop.load_task_data(config, task, cfg.fs)
+        crop = transforms.samples(cfg.fs, config.data.crop_seconds)
+        stride = transforms.samples(cfg.fs, config.data.eval_stride_seconds)
+        encoder = start_encoder(source, cfg, config, task_data.num_classes, crop)
+        torch_encoder = {f'encoder.{k}': v for k, v in encoder_state_dict(encoder, cfg).items()}
+    for seed in todo:
         import torch  # pylint: disable=g-import-not-at-top
         from experiments import torch_finetune_reference as ref  # pylint: disable=g-import-not-at-top
         torch.manual_seed(seed)
