@@ -36,7 +36,15 @@ import os
 import time
 from typing import Any, Callable, Mapping
 
+import jax
 import numpy as np
+
+from experiments import compare
+from jepa_ecg.ecg import transforms
+from jepa_ecg.evaluation import metrics
+from jepa_ecg.models.classifier import build_classifier, init_classifier
+from jepa_ecg.training import finetune_loop, finetune_runs
+from jepa_ecg.training.finetune_step import merge_pretrained
 
 RESULT_FILE = 'finetune_side_by_side.json'
 PLOT_FILE = 'finetune_side_by_side.png'
@@ -136,9 +144,6 @@ def classifier_config(source, config):
 def start_encoder(source, cfg, config, num_classes: int, crop: int):
     """The resolved encoder's params completed to `cfg` (a register the
     encoder lacks drawn from ENCODER_SEED), as numpy."""
-    import jax  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.models.classifier import build_classifier, init_classifier  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.training.finetune_step import merge_pretrained  # pylint: disable=g-import-not-at-top
     model = build_classifier(cfg, num_classes, head=config.head, dropout=config.dropout,
                              frozen=config.frozen, head_bias=config.head_bias)
     fresh = init_classifier(model, jax.random.PRNGKey(ENCODER_SEED), crop, cfg.num_leads)
@@ -158,7 +163,6 @@ def fit_torch(side, task, config, *, seed: int, crop: int,
     """The linear protocol's loop on the PyTorch side, fed our batches; the
     best-validation weights score the test fold."""
     import torch  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.evaluation import metrics  # pylint: disable=g-import-not-at-top
     t_start = time.time()
     total, every = int(config.total_steps), int(config.eval_every)
     val = np.stack(list(task.records('val')))
@@ -266,9 +270,6 @@ def run(config, seeds: list[int], source, workdir: str, *, task: str,
     Returns:
       The result written to `<workdir>/finetune_side_by_side.json`.
     """
-    from experiments import compare  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.training import finetune_loop, finetune_runs  # pylint: disable=g-import-not-at-top
-    from jepa_ecg.ecg import transforms  # pylint: disable=g-import-not-at-top
     config = config.copy_and_resolve_references()
     config.seed = 0  # seed k runs as seed_index k
     spec, cfg = source.spec, classifier_config(source, config)

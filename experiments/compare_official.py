@@ -40,7 +40,7 @@ logged step: the same command goes on from there and keeps finished seeds.
 --what=finetune: per seed, the linear protocol (config `linear,100hz` at the
 `--budget`'s CPU scale: 400 steps x 64, validation every 100) run by our
 fine-tuning code and by the published evaluation from the same `--encoder`
-(a fine-tuning `--encoder` spec), the same head initialisation, the same
+(as experiments.finetune takes it), the same head initialisation, the same
 batches of our input pipeline and the same validation points; validation
 AUC curves, test macro AUC with bootstrap CIs per side and the paired
 difference. Writes finetune_side_by_side.json and .png in `--workdir`
@@ -100,10 +100,10 @@ flags.DEFINE_string('budget', 'cpu', 'pretrain, finetune: learning-curve config 
                     '(experiments/configs/learning_curve.py), e.g. cpu (ViT-XS, 100 Hz, '
                     '800 steps x 64, warm-up 80, linear protocol shortened), cpu,steps=200, smoke.')
 flags.DEFINE_list('seeds', ['0', '1'], 'pretrain, finetune: seeds, each run by both sides.')
-flags.DEFINE_integer('linear_steps', None, 'pretrain, finetune: linear-protocol steps (default: the '
-                     "budget's).")
-flags.DEFINE_integer('max_records_per_fold', None, 'pretrain, finetune: records per fold in the linear '
-                     'protocol (default: all).')
+flags.DEFINE_integer('linear_steps', None, 'pretrain, finetune: linear-protocol steps '
+                     "(default: the budget's).")
+flags.DEFINE_integer('max_records_per_fold', None, 'pretrain, finetune: records per fold in '
+                     'the linear protocol (default: all).')
 flags.DEFINE_bool('same_init', False, 'pretrain: start ours from the PyTorch side\'s initial '
                   'weights (converted) instead of our initialiser.')
 flags.DEFINE_integer('log_every', 100, 'pretrain: record both trajectories every N steps.')
@@ -112,7 +112,8 @@ flags.DEFINE_string('workdir', None, 'pretrain, finetune: output folder (side_by
 flags.DEFINE_integer('stop_at_step', None, 'pretrain: stop the first unfinished seed after '
                      'this logged step (the same command goes on from there).')
 flags.DEFINE_string('data_dir', None, 'pretrain, finetune: TFDS data_dir (default: TFDS\'s).')
-flags.DEFINE_string('manual_dir', None, 'pretrain, finetune: raw PTB-XL folder, to build it on first use.')
+flags.DEFINE_string('manual_dir', None, 'pretrain, finetune: raw PTB-XL folder, to build it '
+                    'on first use.')
 flags.DEFINE_string('encoder', 'random:XS', 'finetune: the encoder both sides start from, as '
                     'experiments.finetune takes it (pre-training workdir, encoder folder, '
                     'random:<variant> drawn from a fixed key).')
@@ -370,7 +371,8 @@ def compare_finetune() -> dict:
     if not FLAGS.workdir:
         raise app.UsageError('--what=finetune needs --workdir')
     path = _official_dir() if FLAGS.official_impl == 'published' else None
-    from experiments import build_data, compare_finetune, console  # pylint: disable=g-import-not-at-top
+    from experiments import (build_data, compare_finetune,  # pylint: disable=g-import-not-at-top
+                             console)
     from experiments.configs import learning_curve  # pylint: disable=g-import-not-at-top
     from jepa_ecg.inference import resolve  # pylint: disable=g-import-not-at-top
     config = learning_curve.get_config(FLAGS.budget).linear
