@@ -4,6 +4,8 @@ r"""Side by side with the official PyTorch ECG-JEPA code (kweimann/ECG-JEPA).
       --official_dir=/path/to/ECG-JEPA          # or set JEPA_ECG_OFFICIAL_DIR
   python -m experiments.compare_official --what=pretrain --budget=cpu --seeds=0,1 \
       --linear_steps=1000 --official_dir=/path/to/ECG-JEPA --workdir=runs/side_by_side
+  python -m experiments.compare_official --what=finetune --encoder=random:XS --seeds=0,1 \
+      --linear_steps=400 --official_dir=/path/to/ECG-JEPA --workdir=runs/finetune_side_by_side
 
 `--official_dir` (default $JEPA_ECG_OFFICIAL_DIR) is a checkout of the
 published code; torch comes with `pip install -e '.[torch]'`.
@@ -35,6 +37,17 @@ bootstrap compares them. Writes side_by_side.json and side_by_side.png in
 logged step: the same command goes on from there and keeps finished seeds.
 `--official_impl=reference` runs experiments/torch_reference.py (tests).
 
+--what=finetune: per seed, the linear protocol (config `linear,100hz` at the
+`--budget`'s CPU scale: 400 steps x 64, validation every 100) run by our
+fine-tuning code and by the published evaluation from the same `--encoder`
+(as experiments.finetune takes it), the same head initialisation, the same
+batches of our input pipeline and the same validation points; validation
+AUC curves, test macro AUC with bootstrap CIs per side and the paired
+difference. Writes finetune_side_by_side.json and .png in `--workdir`
+(experiments/compare_finetune.py); finished seeds are kept.
+`--official_impl=reference` runs the statement of the published evaluation
+(experiments/torch_finetune_reference.py) instead of its modules.
+
 Torch's OpenMP threads spin-wait, so a busy co-tenant slows the official
 side several-fold: for a per-core figure pin both to one core
 (`taskset -c 0 ... --official_threads=1`).
@@ -57,7 +70,7 @@ from absl import app, flags  # noqa: E402
 from experiments import official_code  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_enum('what', ['train_step'], ['train_step', 'pretrain'],
+flags.DEFINE_multi_enum('what', ['train_step'], ['train_step', 'pretrain', 'finetune'],
                         'What to compare (repeatable).')
 flags.DEFINE_string('official_dir', os.environ.get('JEPA_ECG_OFFICIAL_DIR'),
                     'Checkout of github.com/kweimann/ECG-JEPA (default: $JEPA_ECG_OFFICIAL_DIR).')
@@ -81,23 +94,30 @@ flags.DEFINE_string('out', None, 'Also append the summary JSON line to this file
 flags.DEFINE_enum('official_impl', 'published', ['published', 'reference'],
                   'The PyTorch side is the published code (--official_dir) or '
                   'experiments/torch_reference.py (its statement, checked against it by '
-                  'tests/test_official_step.py).')
-flags.DEFINE_string('budget', 'cpu', 'pretrain: learning-curve config tokens '
+                  'tests/test_official_step.py; finetune: experiments/'
+                  'torch_finetune_reference.py, tests/test_finetune_official.py).')
+flags.DEFINE_string('budget', 'cpu', 'pretrain, finetune: learning-curve config tokens '
                     '(experiments/configs/learning_curve.py), e.g. cpu (ViT-XS, 100 Hz, '
                     '800 steps x 64, warm-up 80, linear protocol shortened), cpu,steps=200, smoke.')
-flags.DEFINE_list('seeds', ['0', '1'], 'pretrain: seeds, each run by both sides.')
-flags.DEFINE_integer('linear_steps', None, 'pretrain: linear-protocol steps (default: the '
-                     "budget's).")
-flags.DEFINE_integer('max_records_per_fold', None, 'pretrain: records per fold in the linear '
-                     'protocol (default: all).')
+flags.DEFINE_list('seeds', ['0', '1'], 'pretrain, finetune: seeds, each run by both sides.')
+flags.DEFINE_integer('linear_steps', None, 'pretrain, finetune: linear-protocol steps '
+                     "(default: the budget's).")
+flags.DEFINE_integer('max_records_per_fold', None, 'pretrain, finetune: records per fold in '
+                     'the linear protocol (default: all).')
 flags.DEFINE_bool('same_init', False, 'pretrain: start ours from the PyTorch side\'s initial '
                   'weights (converted) instead of our initialiser.')
 flags.DEFINE_integer('log_every', 100, 'pretrain: record both trajectories every N steps.')
-flags.DEFINE_string('workdir', None, 'pretrain: output folder (side_by_side.json, .png, probes).')
+flags.DEFINE_string('workdir', None, 'pretrain, finetune: output folder (side_by_side.json or '
+                    'finetune_side_by_side.json, .png, runs).')
 flags.DEFINE_integer('stop_at_step', None, 'pretrain: stop the first unfinished seed after '
                      'this logged step (the same command goes on from there).')
-flags.DEFINE_string('data_dir', None, 'pretrain: TFDS data_dir (default: TFDS\'s).')
-flags.DEFINE_string('manual_dir', None, 'pretrain: raw PTB-XL folder, to build it on first use.')
+flags.DEFINE_string('data_dir', None, 'pretrain, finetune: TFDS data_dir (default: TFDS\'s).')
+flags.DEFINE_string('manual_dir', None, 'pretrain, finetune: raw PTB-XL folder, to build it '
+                    'on first use.')
+flags.DEFINE_string('encoder', 'random:XS', 'finetune: the encoder both sides start from, as '
+                    'experiments.finetune takes it (pre-training workdir, encoder folder, '
+                    'random:<variant> drawn from a fixed key).')
+flags.DEFINE_string('task', 'superdiagnostic', 'finetune: PTB-XL task.')
 
 
 
@@ -276,6 +296,17 @@ def compare_train_step() -> dict:
     }
 
 
+def _linear_flags(linear) -> None:
+    """The data and linear-protocol flags, onto a linear config."""
+    linear.data.data_dir, linear.data.manual_dir = FLAGS.data_dir, FLAGS.manual_dir
+    if FLAGS.linear_steps:
+        linear.total_steps = FLAGS.linear_steps
+        linear.eval_every = max(1, FLAGS.linear_steps // 4)
+        linear.patience = max(linear.patience, FLAGS.linear_steps)
+    if FLAGS.max_records_per_fold:
+        linear.data.max_records_per_fold = FLAGS.max_records_per_fold
+
+
 def compare_pretrain() -> dict:
     """Both sides pre-trained on the same batches per seed, then probed (experiments/side_by_side.py)."""
     import importlib.util  # pylint: disable=g-import-not-at-top
@@ -286,16 +317,11 @@ def compare_pretrain() -> dict:
     if not FLAGS.workdir:
         raise app.UsageError('--what=pretrain needs --workdir')
     config = learning_curve.get_config(FLAGS.budget)
-    for sub in (config.pretrain, config.linear):
-        sub.data.data_dir, sub.data.manual_dir = FLAGS.data_dir, FLAGS.manual_dir
+    config.pretrain.data.data_dir = FLAGS.data_dir
+    config.pretrain.data.manual_dir = FLAGS.manual_dir
+    _linear_flags(config.linear)
     build_data.for_pretraining(config.pretrain)
     build_data.for_ptbxl(config.linear.data, config.linear.model.fs)
-    if FLAGS.linear_steps:
-        config.linear.total_steps = FLAGS.linear_steps
-        config.linear.eval_every = max(1, FLAGS.linear_steps // 4)
-        config.linear.patience = max(config.linear.patience, FLAGS.linear_steps)
-    if FLAGS.max_records_per_fold:
-        config.linear.data.max_records_per_fold = FLAGS.max_records_per_fold
     if config.pretrain.grad_accum_steps != 1:
         raise app.UsageError('--what=pretrain feeds one micro-batch per step (grad_accum_steps=1)')
     if FLAGS.official_impl == 'published':
@@ -337,7 +363,41 @@ def print_pretrain(result: dict) -> None:
               f'[{d["ci_low"]:+.4f}, {d["ci_high"]:+.4f}]')
 
 
-COMPARISONS = {'train_step': compare_train_step, 'pretrain': compare_pretrain}
+def compare_finetune() -> dict:
+    """The linear protocol by both sides per seed (experiments/compare_finetune.py)."""
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    if importlib.util.find_spec('torch') is None:
+        raise app.UsageError("torch is missing: pip install -e '.[torch]'")
+    if not FLAGS.workdir:
+        raise app.UsageError('--what=finetune needs --workdir')
+    path = _official_dir() if FLAGS.official_impl == 'published' else None
+    from experiments import (build_data, compare_finetune,  # pylint: disable=g-import-not-at-top
+                             console)
+    from experiments.configs import learning_curve  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.inference import resolve  # pylint: disable=g-import-not-at-top
+    config = learning_curve.get_config(FLAGS.budget).linear
+    _linear_flags(config)
+    try:
+        source = resolve.make_resolver(FLAGS.encoder, config)(FLAGS.task, 0)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    t0 = time.time()
+    with console.run_errors(None):
+        build_data.for_ptbxl(config.data, source.config.fs)
+        try:
+            result = compare_finetune.run(config, [int(s) for s in FLAGS.seeds], source,
+                                          FLAGS.workdir, task=FLAGS.task, official_dir=path)
+        except compare_finetune.ResultMismatch as e:
+            raise app.UsageError(str(e)) from e
+    print(compare_finetune.table(result))
+    return {'what': 'finetune', 'workdir': FLAGS.workdir, 'minutes': (time.time() - t0) / 60,
+            'official_side': result['settings']['official_side'], 'encoder': FLAGS.encoder,
+            'test_macro_auc': {s['seed']: {k: s[k]['test_macro_auc'] for k in ('ours', 'official')}
+                               for s in result['seeds']}}
+
+
+COMPARISONS = {'train_step': compare_train_step, 'pretrain': compare_pretrain,
+               'finetune': compare_finetune}
 
 
 def main(argv):
