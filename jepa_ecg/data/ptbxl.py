@@ -1,19 +1,13 @@
 """The PTB-XL benchmark's input: task labels, folds, and Grain pipelines for
 fine-tuning crops and evaluation windows.
 
-A task (`load_task`) reads only the labels, folds and ids of the built
-`ptb_xl` TFDS dataset up front; signals stream through Grain from the
-ArrayRecord files as batches need them, so memory does not depend on the
-dataset (a full 500 Hz PTB-XL would be 5 GB in RAM). Every record goes
-through THE preprocessing function (`data/preprocess.py`) with per-lead
-statistics of the task's TRAIN folds:
-
-* training: records in a fresh random order every epoch (the last partial
-  batch of an epoch dropped), one uniformly placed 2.5 s crop per record;
-* evaluation: every 2.5 s window at 1.25 s stride (7 for a 10 s record);
-  the model's logits are averaged over a record's windows.
-
-Batches are a pure function of (seed, step), so a run is reproducible.
+`load_task` reads only labels, folds and ids up front; signals stream from
+the ArrayRecord files as batches need them. Every record goes through
+`data/preprocess.py` with the lead statistics of the task's train folds.
+Training: a fresh record order every epoch (last partial batch dropped), one
+uniformly placed 2.5 s crop per record. Evaluation: every 2.5 s window at
+1.25 s stride, logits averaged per record. Batches are a pure function of
+(seed, step).
 """
 
 from __future__ import annotations
@@ -401,19 +395,10 @@ def load_task(task: str, *, fs: float, data_dir: str | None = None,
               clip: float = CLIP) -> PtbxlTask:
     """A task of the built `ptb_xl` TFDS dataset (labels read now, signals streamed).
 
-    Args:
-      task: one of TASKS.
-      fs: the encoder's sampling rate; records are FFT-resampled to it when
-        the dataset has another rate.
-      data_dir: TFDS data_dir (default TFDS's own).
-      builder_name: e.g. 'ptb_xl/records100'; default: `choose_builder`.
-      window_seconds: records are cut to this length (PTB-XL: all 10 s).
-      max_records_per_fold: only the first records of every fold (smoke
-        runs and tests).
-      clip: see `make_task`.
-
-    Returns:
-      PtbxlTask.
+    `fs` is the encoder's rate (records of another rate are FFT-resampled);
+    `builder_name` defaults to `choose_builder`; `max_records_per_fold` keeps
+    only the first records of every fold (smoke runs, tests); `clip`: see
+    `make_task`.
     """
     if task not in TASKS:
         raise ValueError(f'unknown task {task!r}; choose from {TASKS}')
