@@ -62,14 +62,6 @@ def masked_l1(pred: jax.Array, target: jax.Array, predict_mask: jax.Array) -> ja
     return err.sum() / (w.sum() * pred.shape[-1])
 
 
-def _feature_layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
-    """Each token centred and scaled to unit variance over its features, in float32."""
-    x = x.astype(jnp.float32)
-    mean = x.mean(axis=-1, keepdims=True)
-    var = jnp.square(x - mean).mean(axis=-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps)
-
-
 def effective_rank(features: jax.Array) -> jax.Array:
     """exp(entropy) of the normalised singular values of centred features (B, D).
 
@@ -148,7 +140,9 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation,
                                 batch['keep_idx'], batch['keep_valid'])
         pred = predictor.apply({'params': params['predictor']}, context, batch['keep_idx'],
                                batch['keep_valid'], batch['predict_mask'])
-        goal = _feature_layer_norm(targets) if target_layer_norm else targets
+        # Layer-normalised without scale or shift: each token standardised over its features.
+        goal = (jax.nn.standardize(targets.astype(jnp.float32), axis=-1, epsilon=1e-5)
+                if target_layer_norm else targets)
         loss = masked_l1(pred, goal, batch['predict_mask'])
         return loss, targets
 

@@ -83,8 +83,8 @@ class RankWatch:
             if rank < self.FRACTION * median:
                 logging.warning(
                     'step %d: the target\'s effective rank %.1f fell below a quarter of its '
-                    'running median %.1f; the representation may be collapsing (a lower '
-                    'learning rate or the small_budget recipe may help)', step, rank, median)
+                    'running median %.1f; the representation may be collapsing (a learning '
+                    'rate scaled down to the batch may help)', step, rank, median)
                 self.warned = fired = True
         self.ranks.append(float(rank))
         return fired
