@@ -22,26 +22,21 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import statistics
 import tempfile
 import time
 from typing import Any, Sequence
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-# TensorFlow only reads datasets here: its start-up oneDNN notice is noise.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments.configs.pretrain import get_config  # noqa: E402
-from jepa_ecg import sharding  # noqa: E402
-from jepa_ecg.data import masking  # noqa: E402
-from jepa_ecg.models.config import model_config_from, resolve_kernels  # noqa: E402
-from jepa_ecg.training import flops, optim  # noqa: E402
-from jepa_ecg.training import jepa_step as jepa  # noqa: E402
+from experiments.configs.pretrain import get_config
+from jepa_ecg import sharding
+from jepa_ecg.data import masking
+from jepa_ecg.models.config import model_config_from, resolve_kernels
+from jepa_ecg.training import flops, optim
+from jepa_ecg.training import jepa_step as jepa
 
 KEEP_RATIO = 0.2  # context patches of the step (the paper's masks keep 15-25 %)
 

@@ -37,25 +37,21 @@ import tempfile
 import threading
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-# TensorFlow only reads datasets here: its start-up oneDNN notice is noise.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+import jax
+import numpy as np
+import psutil
+from absl import app, flags
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from experiments import pipeline_bench  # noqa: E402
-from experiments.configs.pretrain import get_config  # noqa: E402
-from jepa_ecg import inference, sharding  # noqa: E402
-from jepa_ecg.data import masking  # noqa: E402
-from jepa_ecg.data import source_stats as stats  # noqa: E402
-from jepa_ecg.data.sources import MIXTURES, Source  # noqa: E402
-from jepa_ecg.models.config import model_config, model_config_from  # noqa: E402
-from jepa_ecg.training import flops, optim  # noqa: E402
-from jepa_ecg.training import jepa_step as jepa  # noqa: E402
-from tfds_builders import build  # noqa: E402
+from experiments import pipeline_bench
+from experiments.configs.pretrain import get_config
+from jepa_ecg import inference, sharding
+from jepa_ecg.data import masking
+from jepa_ecg.data import source_stats as stats
+from jepa_ecg.data.sources import MIXTURES, Source
+from jepa_ecg.models.config import model_config, model_config_from
+from jepa_ecg.training import flops, optim
+from jepa_ecg.training import jepa_step as jepa
+from tfds_builders import build
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_enum('what', ['train_step'], ['train_step', 'pipeline', 'embed',

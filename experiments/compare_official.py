@@ -61,13 +61,9 @@ import os
 import statistics
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-# TensorFlow only reads datasets here: its start-up oneDNN notice is noise.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from experiments import official_code  # noqa: E402
+from experiments import official_code
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_enum('what', ['train_step'], ['train_step', 'pretrain', 'finetune'],

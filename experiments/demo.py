@@ -14,19 +14,15 @@ r"""End-to-end demo on offline data: `make demo`.
 
 import os
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-# TensorFlow only reads datasets here: its start-up oneDNN notice is noise.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from experiments import build_data, console, learning_curve  # noqa: E402
-from experiments.configs import learning_curve as curve_configs  # noqa: E402
-from experiments.configs.pretrain import get_config  # noqa: E402
-from jepa_ecg import sharding  # noqa: E402
-from jepa_ecg.training import jepa_loop  # noqa: E402
-from jepa_ecg.training.metrics_writer import loss_curve_summary  # noqa: E402
-from tfds_builders import build  # noqa: E402
+from experiments import build_data, console, learning_curve
+from experiments.configs import learning_curve as curve_configs
+from experiments.configs.pretrain import get_config
+from jepa_ecg import sharding
+from jepa_ecg.training import jepa_loop
+from jepa_ecg.training.metrics_writer import loss_curve_summary
+from tfds_builders import build
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', 'demo_out', 'Where data, checkpoints and plots go.')

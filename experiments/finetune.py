@@ -22,15 +22,11 @@ off unless `--verbosity` asks for them.
 
 import os
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-# TensorFlow only reads datasets here: its start-up oneDNN notice is noise.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from experiments import build_data, console  # noqa: E402
-from jepa_ecg.data.ptbxl import TASKS  # noqa: E402
+from experiments import build_data, console
+from jepa_ecg.data.ptbxl import TASKS
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Fine-tuning config file.', lock_config=True)

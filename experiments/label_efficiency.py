@@ -17,19 +17,15 @@ folds. The batch shrinks to the subset when the subset is smaller. Each pair
 import json
 import os
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-# TensorFlow only reads datasets here: its start-up oneDNN notice is noise.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
 
-import ml_collections  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from experiments import compare, console, curve_plots  # noqa: E402
-from jepa_ecg import sharding  # noqa: E402
-from jepa_ecg.data import label_fraction  # noqa: E402
-from jepa_ecg.inference import resolve  # noqa: E402
-from jepa_ecg.training import finetune_loop, finetune_runs  # noqa: E402
+from experiments import compare, console, curve_plots
+from jepa_ecg import sharding
+from jepa_ecg.data import label_fraction
+from jepa_ecg.inference import resolve
+from jepa_ecg.training import finetune_loop, finetune_runs
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Fine-tuning config file.', lock_config=True)

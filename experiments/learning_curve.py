@@ -20,18 +20,16 @@ import json
 import os
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from experiments import build_data, compare, console, curve_plots  # noqa: E402
-from experiments.configs.learning_curve import budget_steps  # noqa: E402
-from jepa_ecg import sharding  # noqa: E402
-from jepa_ecg.inference import resolve, runs  # noqa: E402
-from jepa_ecg.training import finetune_loop, finetune_runs, jepa_loop  # noqa: E402
-from jepa_ecg.training.metrics_writer import read_metrics  # noqa: E402
+from experiments import build_data, compare, console, curve_plots
+from experiments.configs.learning_curve import budget_steps
+from jepa_ecg import sharding
+from jepa_ecg.inference import resolve, runs
+from jepa_ecg.training import finetune_loop, finetune_runs, jepa_loop
+from jepa_ecg.training.metrics_writer import read_metrics
 
 FLAGS = flags.FLAGS
 

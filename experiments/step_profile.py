@@ -32,20 +32,16 @@ import statistics
 import tempfile
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-# TensorFlow only reads datasets here: its start-up oneDNN notice is noise.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from experiments.configs.pretrain import get_config  # noqa: E402
-from jepa_ecg.data import masking  # noqa: E402
-from jepa_ecg.models.config import model_config_from  # noqa: E402
-from jepa_ecg.training import flops, optim  # noqa: E402
-from jepa_ecg.training import jepa_step as jepa  # noqa: E402
+from experiments.configs.pretrain import get_config
+from jepa_ecg.data import masking
+from jepa_ecg.models.config import model_config_from
+from jepa_ecg.training import flops, optim
+from jepa_ecg.training import jepa_step as jepa
 
 FLAGS = flags.FLAGS
 
