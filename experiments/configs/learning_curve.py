@@ -14,6 +14,8 @@ Tokens (see common.parse_arg):
   budgets=<int> how many budgets in the series (default 6)
   random_seeds=<int>  random-init encoders in the band
   vit_xs | vit_s | ...  encoder variant (default vit_xs)
+  published | small_budget  pre-training recipe (experiments/configs/pretrain.py
+                RECIPES; default published)
 
 The two sub-configs are the usual ones (`pretrain`: experiments/configs/
 pretrain.py, `linear`: experiments/configs/finetune.py), so any field is
@@ -35,6 +37,7 @@ def parse(arg: str | None) -> ml_collections.ConfigDict:
         arg,
         budget=common.Choice(BUDGETS, 'cpu'),
         variant=common.Choice(pretrain_configs.VARIANT_TOKENS, 'vit_xs'),
+        recipe=common.Choice({r: r for r in pretrain_configs.RECIPES}, 'published'),
         steps=0,
         budgets=0,
         random_seeds=0)
@@ -55,7 +58,8 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
     c.manual_dir = ml_collections.FieldReference(None, field_type=str)
     c.plots = True
 
-    p = pretrain_configs.get_config(f'{variant_token},ptbxl,100hz' + (',smoke' if smoke else ''))
+    p = pretrain_configs.get_config(f'{variant_token},ptbxl,100hz,{a.recipe}'
+                                    + (',smoke' if smoke else ''))
     if not smoke:
         p.global_batch_size = 64
         p.total_steps = 800

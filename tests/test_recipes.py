@@ -1,0 +1,108 @@
+"""The pre-training recipes: the published default untouched, small_budget's fields."""
+
+import pytest
+
+from experiments.configs import learning_curve as curve_configs
+from experiments.configs import pretrain as pretrain_configs
+
+# The published ECG-JEPA pre-training numbers (ECG-JEPA-FACTS.md).
+PUBLISHED = {
+    'learning_rate': 1e-3, 'final_learning_rate': 1e-6, 'warmup_start_learning_rate': 1e-6,
+    'warmup_steps': 10_000, 'total_steps': 100_000, 'global_batch_size': 2048,
+    'ema_momentum': 0.998, 'final_ema_momentum': 0.9995,
+    'weight_decay': 0.01, 'final_weight_decay': 0.1,
+    'b1': 0.9, 'b2': 0.99, 'eps': 1e-6, 'grad_clip': 0.0, 'target_layer_norm': False,
+}
+
+
+def _leaves(config, prefix=''):
+    out = {}
+    for k, v in config.items():
+        if hasattr(v, 'items'):
+            out.update(_leaves(v, f'{prefix}{k}.'))
+        else:
+            out[f'{prefix}{k}'] = v
+    return out
+
+
+@pytest.mark.parametrize('arg', ['vit_xs,ptbxl', 'vit_xs,ptbxl,published', 'published,ptbxl'])
+def test_the_default_recipe_is_the_published_one(arg):
+    c = pretrain_configs.get_config(arg)
+    assert c.recipe == 'published'
+    assert {k: c[k] for k in PUBLISHED} == PUBLISHED
+    assert tuple(c.data.keep_ratio_range) == (0.15, 0.25)
+
+
+def test_small_budget_changes_the_learning_rate_and_nothing_else():
+    pub = _leaves(pretrain_configs.get_config('vit_xs,ptbxl,100hz'))
+    small = _leaves(pretrain_configs.get_config('vit_xs,ptbxl,100hz,small_budget'))
+    assert small.pop('recipe') == 'small_budget' and pub.pop('recipe') == 'published'
+    changed = {k for k in pub if pub[k] != small[k]}
+    assert changed == {'learning_rate'} and set(pub) == set(small)
+    assert small['learning_rate'] == pretrain_configs.RECIPES['small_budget']['learning_rate']
+    assert small['learning_rate'] < pub['learning_rate']
+
+
+@pytest.mark.parametrize('variant', ['vit_tiny', 'vit_b'])
+def test_the_recipe_applies_over_every_variant_and_smoke(variant):
+    for extra in ('', ',smoke'):
+        c = pretrain_configs.get_config(f'{variant},ptbxl,small_budget{extra}')
+        assert c.learning_rate == pretrain_configs.RECIPES['small_budget']['learning_rate']
+        assert c.ema_momentum == PUBLISHED['ema_momentum']
+
+
+def test_the_learning_curve_passes_the_recipe_to_pre_training():
+    default = curve_configs.get_config('cpu')
+    small = curve_configs.get_config('cpu,small_budget')
+    assert default.pretrain.recipe == 'published'
+    assert default.pretrain.learning_rate == PUBLISHED['learning_rate']
+    assert small.pretrain.recipe == 'small_budget'
+    assert small.pretrain.learning_rate == pretrain_configs.RECIPES['small_budget']['learning_rate']
+    # The budget (batch, steps, warm-up) and the probe do not depend on the recipe.
+    for field in ('global_batch_size', 'total_steps', 'warmup_steps', 'ema_momentum'):
+        assert small.pretrain[field] == default.pretrain[field]
+    assert _leaves(small.linear) == _leaves(default.linear)
+
+
+def test_an_unknown_recipe_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match='small_budget'):
+        pretrain_configs.get_config('vit_xs,recipe=tiny_budget')
+
+
+def _curve(val, test, ci_low, band_val=(0.75, 0.76, 0.77)):
+    """A curve.json-shaped dict: one point per budget (100, 200, ...)."""
+    points = []
+    for k, (v, t, lo) in enumerate(zip(val, test, ci_low)):
+        paired = [{'random_seed': s, 'diff': t - 0.75, 'ci_low': lo, 'ci_high': t - 0.7,
+                   'p_value': 0.01} for s in range(len(band_val))]
+        points.append({'step': 100 * (k + 1), 'records_seen': 6400 * (k + 1),
+                       'test_macro_auc': t, 'ci': [t - 0.01, t + 0.01], 'best_val_auc': v,
+                       'pretrain_loss': 0.3, 'target_rank': 20.0, 'paired': paired})
+    band = [{'test_macro_auc': 0.75, 'best_val_auc': b, 'seed': s, 'ci': [0.74, 0.76]}
+            for s, b in enumerate(band_val)]
+    return {'points': points, 'random': {'runs': band}}
+
+
+def test_recipe_summary_answers_the_three_questions(tmp_path):
+    from experiments import compare_curves, curve_plots
+    rising = [_curve([0.78, 0.80, 0.84], [0.77, 0.79, 0.83], [0.01, 0.02, 0.06]),
+              _curve([0.77, 0.805, 0.845], [0.775, 0.80, 0.835], [-0.01, 0.03, 0.05])]
+    s = compare_curves.summarize(rising)
+    assert s['beats_every_random_seed_from_step'] == 200  # seed 2 is not above at 100
+    assert s['validation_never_falls_beyond_noise'] and s['largest_validation_fall'] < 0
+    assert s['smallest_difference_at_largest_budget'] == pytest.approx(0.83 - 0.75)
+    assert s['rows'][2]['min_ci_low'] == 0.05
+    # A fall of 0.03 is beyond the random encoders' spread (std 0.0082).
+    fell = [_curve([0.84, 0.81, 0.80], [0.83, 0.80, 0.79], [0.05, 0.02, -0.01])]
+    falling = compare_curves.summarize(fell)
+    assert not falling['validation_never_falls_beyond_noise']
+    assert falling['largest_validation_fall'] == pytest.approx(0.03)
+    assert falling['beats_every_random_seed_from_step'] is None
+    # A seed still running: only the budgets both have.
+    partial = _curve([0.78], [0.77], [0.01])
+    assert [r['step'] for r in compare_curves.summarize([rising[0], partial])['rows']] == [100]
+    text = compare_curves.report('small_budget', s)
+    assert 'from step 200 on' in text and 'rises at every budget' in text
+    png = curve_plots.plot_recipes({'a': rising, 'b': fell}, {'a': s, 'b': falling},
+                                   str(tmp_path / 'r.png'))
+    assert (tmp_path / 'r.png').stat().st_size > 10_000 and png.endswith('r.png')
