@@ -49,8 +49,13 @@ def plot_learning_curve(curve: Mapping, path: str) -> str:
              [p['paired'][k]['ci_high'] - v for v, p in zip(d, pts)]]
         bottom.errorbar([v * (1 + 0.04 * k) for v in x], d, yerr=e, marker='.', capsize=2,
                         label=f'vs random seed {band["runs"][k]["seed"]}')
+    return _save_with_paired_axis(fig, bottom, x, 'paired AUC difference', path)
+
+
+def _save_with_paired_axis(fig, bottom, x, ylabel: str, path: str) -> str:
+    """Labels the paired-difference axis (zero line, budgets on a log axis); saves."""
     bottom.axhline(0.0, color='black', lw=0.8)
-    bottom.set_ylabel('paired AUC difference')
+    bottom.set_ylabel(ylabel)
     bottom.set_xlabel('records seen in pre-training')
     _log_ticks_at(bottom, x, [f'{v:,}' for v in x])
     bottom.legend(fontsize=7)
@@ -86,3 +91,49 @@ def plot_label_efficiency(table: Mapping, path: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_recipes(curves: Mapping, summaries: Mapping, path: str) -> str:
+    """Learning curves of several recipes, every pre-training seed, on one figure.
+
+    Args:
+      curves: recipe name -> its seeds' curve.json dicts.
+      summaries: recipe name -> experiments.compare_curves.summarize of those.
+      path: PNG to write.
+
+    Returns:
+      path.
+    """
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True,
+                                      gridspec_kw={'height_ratios': [3, 2]})
+    band = next(iter(summaries.values()))['random_band']
+    top.axhspan(min(band), max(band), color='tab:gray', alpha=0.3,
+                label=f'random init, {len(band)} seeds (min-max)')
+    xs = set()
+    for k, (name, seeds) in enumerate(curves.items()):
+        color = f'C{k}'
+        rows = summaries[name]['rows']
+        x = [r['records_seen'] for r in rows]
+        xs.update(x)
+        for j, c in enumerate(seeds):
+            pts = [next(p for p in c['points'] if p['step'] == r['step']) for r in rows]
+            auc = [p['test_macro_auc'] for p in pts]
+            err = [[a - p['ci'][0] for a, p in zip(auc, pts)],
+                   [p['ci'][1] - a for a, p in zip(auc, pts)]]
+            top.errorbar([v * (1 + 0.03 * (j - 0.5)) for v in x], auc, yerr=err, marker='o',
+                         ms=4, capsize=2, lw=0.8, alpha=0.6, color=color)
+        top.plot(x, [r['mean_test'] for r in rows], color=color, lw=2.2,
+                 label=f'{name} ({len(seeds)} pre-training seeds, mean; 95% CIs per seed)')
+        mid = [(r['min_diff'] + r['max_diff']) / 2 for r in rows]
+        bottom.errorbar([v * (1 + 0.04 * k) for v in x], mid,
+                        yerr=[[m - r['min_ci_low'] for m, r in zip(mid, rows)],
+                              [r['max_ci_high'] - m for m, r in zip(mid, rows)]],
+                        fmt='none', capsize=3, color=color, lw=1.5)
+        bottom.plot([v * (1 + 0.04 * k) for v in x], [r['min_diff'] for r in rows],
+                    'v', color=color, label=f'{name}: smallest difference')
+    top.set_ylabel('test macro AUC (linear)')
+    top.legend(fontsize=7, loc='best')
+    top.set_title('pre-training recipes: test macro AUC vs records seen')
+    bottom.axhline(0.05, color='black', lw=0.6, ls='--')
+    return _save_with_paired_axis(fig, bottom, sorted(xs),
+                                  'paired difference vs random\n(all seed pairs, CI extent)', path)

@@ -156,3 +156,18 @@ def test_smoke_learning_curve_end_to_end(ptbxl_tfds_dir, tmp_path):
     # The budgets are checkpoints of ONE run: the later one resumed the earlier.
     assert {'10', '20'} <= set(os.listdir(tmp_path / 'pretrain' / 'checkpoints'))
     assert (tmp_path / 'learning_curve.png').exists() and 'records seen' in proc.stdout
+    # The recipes' comparison reads the workdir (here as two seeds of one recipe).
+    cmp = subprocess.run(
+        [sys.executable, '-m', 'experiments.compare_curves',
+         f'--curve=published:{tmp_path},{tmp_path}', f'--out={tmp_path / "recipes"}'],
+        env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert cmp.returncode == 0, cmp.stderr[-3000:]
+    assert 'published (2 pre-training seeds' in cmp.stdout
+    with open(tmp_path / 'recipes.json') as f:
+        assert [r['step'] for r in json.load(f)['published']['rows']] == [10, 20]
+    assert (tmp_path / 'recipes.png').exists()
+    missing = subprocess.run(
+        [sys.executable, '-m', 'experiments.compare_curves', f'--curve=x:{tmp_path / "nope"}'],
+        env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and 'no learning curve here' in missing.stderr
+    assert 'Traceback' not in missing.stderr

@@ -1,0 +1,151 @@
+r"""Learning curves of several recipes side by side, several pre-training seeds each.
+
+  python -m experiments.compare_curves \
+      --curve=published:runs/curve_pub_s0,runs/curve_pub_s1 \
+      --curve=small_budget:runs/curve_small_s0,runs/curve_small_s1 --out=runs/recipes
+
+Each `--curve` is `name:workdir[,workdir...]`, the workdirs of
+experiments/learning_curve.py runs of one recipe that differ only in the
+pre-training seed (`--config.pretrain.seed`). Budgets are matched by step;
+a budget missing from some seed (a run still going) is left out. For each
+recipe it reports, per budget, the test and validation macro AUC of every
+seed and the paired differences against every random-init seed, then the
+three questions a user asks of a recipe:
+
+* does validation AUC ever fall from one budget to the next by more than
+  its noise (the spread of the random-init encoders' validation AUC, which
+  differ only by seed)?
+* from which budget does every seed beat every random seed (paired CI low
+  above zero)?
+* by how much, at the largest budget (the smallest paired difference)?
+
+Writes `<out>.json` and `<out>.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from absl import app, flags
+
+from experiments import curve_plots
+from experiments.learning_curve import CURVE_FILE
+
+FLAGS = flags.FLAGS
+
+
+def _read(workdir: str) -> dict:
+    path = os.path.join(workdir, CURVE_FILE)
+    if not os.path.exists(path):
+        raise app.UsageError(f'{path}: no learning curve here (run experiments.learning_curve '
+                             f'with --workdir={workdir} first)')
+    with open(path) as f:
+        return json.load(f)
+
+
+def parse_curve_flag(text: str) -> tuple[str, list[str]]:
+    """'name:dir1,dir2' -> ('name', ['dir1', 'dir2'])."""
+    name, sep, dirs = text.partition(':')
+    dirs = [d for d in dirs.split(',') if d]
+    if not sep or not name or not dirs:
+        raise app.UsageError(f'--curve={text!r}: expected name:workdir[,workdir...]')
+    return name, dirs
+
+
+def summarize(curves: list[dict]) -> dict:
+    """One recipe's seeds (curve.json dicts) -> per-budget rows and the three answers."""
+    common = sorted(set.intersection(*({p['step'] for p in c['points']} for c in curves)))
+    if not common:
+        raise ValueError('the runs share no budget yet')
+    band_val = [r['best_val_auc'] for r in curves[0]['random']['runs']]
+    noise = float(np.std(band_val))
+    rows = []
+    for step in common:
+        pts = [next(p for p in c['points'] if p['step'] == step) for c in curves]
+        diffs = [d for p in pts for d in p['paired']]
+        rows.append({
+            'step': step, 'records_seen': pts[0]['records_seen'],
+            'test_macro_auc': [p['test_macro_auc'] for p in pts],
+            'best_val_auc': [p['best_val_auc'] for p in pts],
+            'pretrain_loss': [p.get('pretrain_loss') for p in pts],
+            'target_rank': [p.get('target_rank') for p in pts],
+            'mean_test': float(np.mean([p['test_macro_auc'] for p in pts])),
+            'mean_val': float(np.mean([p['best_val_auc'] for p in pts])),
+            'min_diff': float(min(d['diff'] for d in diffs)),
+            'max_diff': float(max(d['diff'] for d in diffs)),
+            'min_ci_low': float(min(d['ci_low'] for d in diffs)),
+            'max_ci_high': float(max(d['ci_high'] for d in diffs)),
+        })
+    falls = [max(a - b for a, b in zip(prev['best_val_auc'], cur['best_val_auc']))
+             for prev, cur in zip(rows, rows[1:])]
+    beats = [r['min_ci_low'] > 0 for r in rows]
+    first = next((i for i in range(len(rows)) if all(beats[i:])), None)
+    return {
+        'seeds': len(curves), 'rows': rows,
+        'validation_noise': noise,
+        'largest_validation_fall': float(max(falls)) if falls else 0.0,
+        'validation_never_falls_beyond_noise': all(f <= noise for f in falls),
+        'beats_every_random_seed_from_step': rows[first]['step'] if first is not None else None,
+        'smallest_difference_at_largest_budget': rows[-1]['min_diff'],
+        'random_band': [r['test_macro_auc'] for r in curves[0]['random']['runs']],
+    }
+
+
+def report(name: str, s: dict) -> str:
+    lines = [f'{name} ({s["seeds"]} pre-training seeds; random init '
+             + ' / '.join(f'{a:.4f}' for a in s['random_band']) + ')',
+             '  step  records   test macro AUC per seed   validation per seed   '
+             'paired vs random: min diff [min CI low]   loss   rank']
+    for r in s['rows']:
+        lines.append(
+            f'  {r["step"]:>4d}  {r["records_seen"]:>7,d}   '
+            f'{" / ".join(f"{a:.4f}" for a in r["test_macro_auc"]):<24s}  '
+            f'{" / ".join(f"{a:.4f}" for a in r["best_val_auc"]):<20s}  '
+            f'{r["min_diff"]:+.4f} [{r["min_ci_low"]:+.4f}]{"":>20s}'
+            f'{" / ".join(_fmt(v, 3) for v in r["pretrain_loss"])}   '
+            f'{" / ".join(_fmt(v, 1) for v in r["target_rank"])}')
+    first = s['beats_every_random_seed_from_step']
+    fall, noise = s['largest_validation_fall'], s['validation_noise']
+    lines.append(f'  validation AUC rises at every budget, by at least {-fall:.4f}' if fall < 0
+                 else f'  validation AUC falls by up to {fall:.4f} from one budget to the next '
+                      f'(noise {noise:.4f}: '
+                      f'{"within" if s["validation_never_falls_beyond_noise"] else "BEYOND"} it)')
+    lines.append('  beats every random seed (every paired CI low > 0) from '
+                 + (f'step {first} on' if first is not None else 'no budget measured'))
+    lines.append(f'  smallest paired difference at step {s["rows"][-1]["step"]}: '
+                 f'{s["smallest_difference_at_largest_budget"]:+.4f}')
+    return '\n'.join(lines)
+
+
+def _fmt(v, digits: int) -> str:
+    return '-' if v is None or not np.isfinite(v) else f'{v:.{digits}f}'
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError('Too many command-line arguments.', exitcode=2)
+    if not FLAGS.curve:
+        raise app.UsageError('give at least one --curve=name:workdir[,workdir...]')
+    summaries, seeds = {}, {}
+    for text in FLAGS.curve:
+        name, dirs = parse_curve_flag(text)
+        seeds[name] = [_read(d) for d in dirs]
+        try:
+            summaries[name] = summarize(seeds[name])
+        except ValueError as e:
+            raise app.UsageError(f'--curve={text}: {e}') from None
+        print(report(name, summaries[name]))
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    with open(FLAGS.out + '.json', 'w') as f:
+        json.dump(summaries, f, indent=2)
+    curve_plots.plot_recipes(seeds, summaries, FLAGS.out + '.png')
+    print(f'{FLAGS.out}.json\n{FLAGS.out}.png')
+
+
+if __name__ == '__main__':
+    # Defined only when run: tests import summarize.
+    flags.DEFINE_multi_string('curve', None, 'name:workdir[,workdir...] (repeat per recipe).')
+    flags.DEFINE_string('out', 'recipes', 'Output path without extension (.json and .png).')
+    app.run(main)
