@@ -18,7 +18,7 @@ from absl import app, flags
 
 from experiments import build_data, console, learning_curve
 from experiments.configs import learning_curve as curve_configs
-from experiments.configs.pretrain import get_config
+from experiments.configs.pretrain import RECIPES, get_config
 from jepa_ecg import sharding
 from jepa_ecg.training import jepa_loop
 from jepa_ecg.training.metrics_writer import loss_curve_summary
@@ -29,6 +29,10 @@ flags.DEFINE_string('workdir', 'demo_out', 'Where data, checkpoints and plots go
 flags.DEFINE_integer('steps', 150, 'Pre-training steps.')
 flags.DEFINE_integer('batch', 16, 'Global batch size.')
 flags.DEFINE_string('variant', 'vit_xs', 'Model variant token (vit_tiny, vit_xs, ...).')
+# At the demo's budget (150 steps of 16 records) the published recipe is the
+# one that shows pre-training best (README, "What pre-training buys").
+flags.DEFINE_enum('recipe', 'published', list(RECIPES),
+                  'Pre-training recipe (experiments/configs/pretrain.py RECIPES).')
 flags.DEFINE_string('ptbxl_dir', None, 'PTB-XL folder (default $PTBXL_DIR or ../shared/data/ptb-xl).')
 flags.DEFINE_bool('linear_probe', True, 'Pre-train on PTB-XL and compare with random init '
                   'when PTB-XL is available.')
@@ -37,8 +41,8 @@ flags.DEFINE_integer('probe_records', 200, 'Records per PTB-XL fold in the linea
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def pretrain_config(steps: int, batch: int, variant: str):
-    config = get_config(f'{variant},synthetic,100hz,smoke')
+def pretrain_config(steps: int, batch: int, variant: str, recipe: str = 'published'):
+    config = get_config(f'{variant},synthetic,100hz,smoke,{recipe}')
     config.total_steps = steps
     config.warmup_steps = max(1, steps // 10)
     config.global_batch_size = batch
@@ -62,18 +66,24 @@ def main(argv):
         return
     print(f'[1/3] building synthetic_ecg and its lead statistics in {data_dir}', flush=True)
     build_data.sources_of({'synthetic': 1.0}, data_dir)
-    config = pretrain_config(FLAGS.steps, FLAGS.batch, FLAGS.variant)
+    config = pretrain_config(FLAGS.steps, FLAGS.batch, FLAGS.variant, FLAGS.recipe)
     config.data.data_dir = data_dir
     pre_dir = os.path.join(workdir, 'pretrain')
     print(f'[2/3] pre-training {config.model.variant} at {config.model.fs:g} Hz for '
-          f'{config.total_steps} steps (batch {config.global_batch_size}) in {pre_dir}',
-          flush=True)
+          f'{config.total_steps} steps (batch {config.global_batch_size}, '
+          f'{_recipe_line(config)}) in {pre_dir}', flush=True)
     summary = jepa_loop.train_and_evaluate(config, pre_dir)
     print(loss_curve_summary(pre_dir))
     print(f'pre-training: {summary["records_per_s"]:.1f} records/s over '
           f'{summary["seconds"]:.0f} s', flush=True)
     print(f'[3/3] skipped: no PTB-XL at {ptbxl} (set PTBXL_DIR to compare the pre-trained '
           f'encoder with random init on it)')
+
+
+def _recipe_line(config) -> str:
+    return (f'recipe {config.recipe}: peak learning rate {config.learning_rate:g}, '
+            f'--recipe={"small_budget" if config.recipe == "published" else "published"} '
+            f'for the other')
 
 
 def _ptbxl_dir() -> str:
@@ -84,7 +94,7 @@ def _ptbxl_dir() -> str:
 def curve_config(data_dir: str):
     """The `cpu` learning-curve budget shortened to one budget of `--steps` x `--batch`."""
     config = curve_configs.get_config(
-        f'cpu,{FLAGS.variant},steps={FLAGS.steps},budgets=1,random_seeds=1')
+        f'cpu,{FLAGS.variant},{FLAGS.recipe},steps={FLAGS.steps},budgets=1,random_seeds=1')
     config.data_dir = data_dir
     p, f = config.pretrain, config.linear
     p.global_batch_size = FLAGS.batch
@@ -102,7 +112,8 @@ def compare_with_random(workdir: str, data_dir: str) -> None:
     out = os.path.join(workdir, 'curve')
     p = config.pretrain
     print(f'[2/3] pre-training {p.model.variant} at {p.model.fs:g} Hz on the PTB-XL train '
-          f'folds for {p.total_steps} steps (batch {p.global_batch_size}), then [3/3] the '
+          f'folds for {p.total_steps} steps (batch {p.global_batch_size}, {_recipe_line(p)}), '
+          f'then [3/3] the '
           f'linear protocol ({config.linear.total_steps} steps, {FLAGS.probe_records} records '
           f'per fold) on it and on a random-init encoder, in {out}', flush=True)
     curve = learning_curve.run_curve(config, out)
