@@ -90,11 +90,15 @@ def summarize(curves: list[dict]) -> dict:
         'beats_every_random_seed_from_step': rows[first]['step'] if first is not None else None,
         'smallest_difference_at_largest_budget': rows[-1]['min_diff'],
         'random_band': [r['test_macro_auc'] for r in curves[0]['random']['runs']],
+        # Written by experiments.learning_curve (absent from older curve files).
+        'learning_rates': sorted({c['learning_rate'] for c in curves if 'learning_rate' in c}),
+        'pretrain_seeds': [c.get('pretrain_seed') for c in curves],
     }
 
 
 def report(name: str, s: dict) -> str:
-    lines = [f'{name} ({s["seeds"]} pre-training seeds; random init '
+    lr = ''.join(f'peak learning rate {v:g}; ' for v in s['learning_rates'])
+    lines = [f'{name} ({lr}{s["seeds"]} pre-training seeds; random init '
              + ' / '.join(f'{a:.4f}' for a in s['random_band']) + ')',
              '  step  records   test macro AUC per seed   validation per seed   '
              'paired vs random: min diff [min CI low]   loss   rank']

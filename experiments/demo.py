@@ -56,6 +56,11 @@ def main(argv):
     del argv
     console.quiet_library_logs()
     sharding.hide_accelerators_from_tensorflow()
+    with console.run_errors(None):
+        _demo()
+
+
+def _demo():
     workdir = os.path.abspath(FLAGS.workdir)
     data_dir = os.path.join(workdir, 'tfds')
     ptbxl = _ptbxl_dir()

@@ -126,7 +126,9 @@ def main(argv):
         encoders = {'pretrained': pre, 'baseline': resolve.make_resolver(baseline, config)}
     except ValueError as e:
         raise app.UsageError(str(e), exitcode=2) from None
-    summaries = run_sweep(config, FLAGS.workdir, encoders, fractions, FLAGS.task, FLAGS.seeds)
+    with console.run_errors(None):
+        summaries = run_sweep(config, FLAGS.workdir, encoders, fractions, FLAGS.task,
+                              FLAGS.seeds)
     table = make_table(summaries, FLAGS.workdir, FLAGS.task, config.protocol)
     table.update({'encoder': FLAGS.encoder, 'baseline': baseline})
     with open(os.path.join(FLAGS.workdir, TABLE_FILE), 'w') as f:

@@ -133,6 +133,9 @@ def run_curve(config, workdir: str) -> dict:
     logging.info('random band: %.4f-%.4f', band['min'], band['max'])
     curve = {'task': config.task, 'variant': config.pretrain.model.variant,
              'fs': config.pretrain.model.fs, 'batch': batch,
+             'recipe': config.pretrain.get('recipe', 'published'),
+             'learning_rate': float(config.pretrain.learning_rate),
+             'pretrain_seed': int(config.pretrain.seed),
              'pretrain_total_steps': int(config.pretrain.total_steps),
              'linear_steps': int(config.linear.total_steps), 'random': band, 'points': []}
     for step in budget_steps(config):
@@ -174,7 +177,8 @@ def main(argv):
         raise app.UsageError('Too many command-line arguments.', exitcode=2)
     console.quiet_library_logs()
     sharding.hide_accelerators_from_tensorflow()
-    curve = run_curve(FLAGS.config, FLAGS.workdir)
+    with console.run_errors(None):
+        curve = run_curve(FLAGS.config, FLAGS.workdir)
     print_curve(curve)
     print(f'curve: {os.path.join(FLAGS.workdir, CURVE_FILE)}')
 

@@ -2,8 +2,11 @@
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -134,17 +137,42 @@ def test_compare_command_on_workdirs_and_a_folder_without_predictions(two_runs, 
     assert 'no predictions found' in proc.stderr
 
 
+def _sigterm_once_pretraining_logged(cmd, workdir) -> subprocess.CompletedProcess:
+    """Runs `cmd`, sends SIGTERM once its pre-training logged a step; rc and stderr."""
+    metrics = os.path.join(workdir, 'pretrain', 'metrics.jsonl')
+    proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, proc.returncode, '', err)
+
+
 def test_smoke_learning_curve_end_to_end(ptbxl_tfds_dir, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, '-m', 'experiments.learning_curve',
-         '--config=experiments/configs/learning_curve.py:smoke,vit_tiny,budgets=2',
-         f'--config.data_dir={ptbxl_tfds_dir}', '--config.linear.data.max_records_per_fold=24',
-         f'--workdir={tmp_path}'],
-        env=_env(), cwd=REPO, capture_output=True, text=True, timeout=1200)
+    cmd = [sys.executable, '-m', 'experiments.learning_curve',
+           '--config=experiments/configs/learning_curve.py:smoke,vit_tiny,budgets=2',
+           f'--config.data_dir={ptbxl_tfds_dir}', '--config.linear.data.max_records_per_fold=24',
+           f'--workdir={tmp_path}']
+    # A stop signal mid pre-training: one line naming the saved step, then it resumes.
+    stopped = _sigterm_once_pretraining_logged(cmd, str(tmp_path))
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    assert 'Traceback' not in stopped.stderr, stopped.stderr[-3000:]
+    assert re.fullmatch(rf'stopped by SIGTERM at step \d+: checkpoint saved in '
+                        rf'{re.escape(str(tmp_path))}/pretrain/checkpoints; run the same '
+                        rf'command to resume', stopped.stderr.strip().splitlines()[-1])
+    proc = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True,
+                          timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'resuming at step' in proc.stderr
     with open(tmp_path / 'curve.json') as f:
         curve = json.load(f)
     assert [p['step'] for p in curve['points']] == [10, 20]
+    assert (curve['recipe'], curve['learning_rate'], curve['pretrain_seed']) == ('published',
+                                                                                1e-3, 0)
     assert [p['records_seen'] for p in curve['points']] == [80, 160]
     assert len(curve['random']['runs']) == 2
     for p in curve['points']:
@@ -162,7 +190,7 @@ def test_smoke_learning_curve_end_to_end(ptbxl_tfds_dir, tmp_path):
          f'--curve=published:{tmp_path},{tmp_path}', f'--out={tmp_path / "recipes"}'],
         env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert cmp.returncode == 0, cmp.stderr[-3000:]
-    assert 'published (2 pre-training seeds' in cmp.stdout
+    assert 'published (peak learning rate 0.001; 2 pre-training seeds' in cmp.stdout
     with open(tmp_path / 'recipes.json') as f:
         assert [r['step'] for r in json.load(f)['published']['rows']] == [10, 20]
     assert (tmp_path / 'recipes.png').exists()
