@@ -83,8 +83,9 @@ class RankWatch:
             if rank < self.FRACTION * median:
                 logging.warning(
                     'step %d: the target\'s effective rank %.1f fell below a quarter of its '
-                    'running median %.1f; the representation may be collapsing (a learning '
-                    'rate scaled down to the batch may help)', step, rank, median)
+                    'running median %.1f; the representation may be collapsing (at small '
+                    'budgets a lower peak learning rate helps: the small_budget recipe)',
+                    step, rank, median)
                 self.warned = fired = True
         self.ranks.append(float(rank))
         return fired
