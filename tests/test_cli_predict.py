@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import sigint_as_in_a_terminal
 from jepa_ecg import cli
 from jepa_ecg.inference import classifier as classifier_lib
 from jepa_ecg.inference import encoder as encoder_lib
@@ -165,10 +166,10 @@ def test_predict_interrupted_by_sigint_resumes_and_writes_npz(tmp_path, capsys):
     clf_dir = tmp_path / 'clf'
     classifier_lib.save_classifier(str(clf_dir), cfg, params, head='attentive',
                                    class_names=CLASSES, lead_stats=STATS)
-    # Enough work after the first part (24 ten-minute records, about 480
-    # windows a file) that the run is still going seconds after the signal
-    # is sent, even on a loaded machine.
-    write_npz(tmp_path / 'in', signals(24, seconds=600))
+    # Enough work after the first part (48 ten-minute records, about 480
+    # windows a file) that the run is still going many seconds after the
+    # signal is sent, even on a loaded machine.
+    write_npz(tmp_path / 'in', signals(48, seconds=600))
     args = ['predict', str(tmp_path / 'in'), '--checkpoint', str(clf_dir), '--batch-size', '1',
             '--workers', '1', '--save-every', '1', '--quiet', '--out']
     assert cli.main(args + [str(tmp_path / 'clean.csv')]) == 0
@@ -176,15 +177,19 @@ def test_predict_interrupted_by_sigint_resumes_and_writes_npz(tmp_path, capsys):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.Popen([sys.executable, '-m', 'jepa_ecg.cli'] + args + [str(out)],
                             env=dict(os.environ, PYTHONPATH=root), stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_as_in_a_terminal)
     # Generous: the first part waits for imports and compilation on a loaded machine.
     deadline = time.time() + 600
     while not (parts / 'part-00001.npz').exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 1 and 'interrupted (SIGINT)' in stderr, stderr
+    sent = time.time()
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and 'interrupted (SIGINT)' in stderr, (
+        f'rc {proc.returncode} {time.time() - sent:.1f} s after the signal, parts '
+        f'{sorted(os.listdir(parts)) if parts.exists() else None}: {stderr[-3000:]}')
     assert 'Traceback' not in stderr and not out.exists()
     capsys.readouterr()
     assert cli.main(args + [str(out), '--resume']) == 0, capsys.readouterr().err
