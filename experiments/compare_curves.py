@@ -112,12 +112,17 @@ def report(name: str, s: dict) -> str:
             f'{" / ".join(_fmt(v, 1) for v in r["target_rank"])}')
     first = s['beats_every_random_seed_from_step']
     fall, noise = s['largest_validation_fall'], s['validation_noise']
-    lines.append(f'  validation AUC rises at every budget, by at least {-fall:.4f}' if fall < 0
-                 else f'  validation AUC falls by up to {fall:.4f} from one budget to the next '
-                      f'(noise {noise:.4f}: '
-                      f'{"within" if s["validation_never_falls_beyond_noise"] else "BEYOND"} it)')
-    lines.append('  beats every random seed (every paired CI low > 0) from '
-                 + (f'step {first} on' if first is not None else 'no budget measured'))
+    if len(s['rows']) < 2:
+        lines.append('  one budget so far: nothing to say about rising or falling')
+    elif fall < 0:
+        lines.append(f'  validation AUC rises at every budget, by at least {-fall:.4f}')
+    else:
+        lines.append(f'  validation AUC falls by up to {fall:.4f} from one budget to the next '
+                     f'(noise {noise:.4f}: '
+                     f'{"within" if s["validation_never_falls_beyond_noise"] else "BEYOND"} it)')
+    lines.append(f'  every seed beats every random seed (paired CI low > 0) from step {first} on'
+                 if first is not None else
+                 '  at the largest budget some seed does not beat every random seed')
     lines.append(f'  smallest paired difference at step {s["rows"][-1]["step"]}: '
                  f'{s["smallest_difference_at_largest_budget"]:+.4f}')
     return '\n'.join(lines)

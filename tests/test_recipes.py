@@ -103,6 +103,8 @@ def test_recipe_summary_answers_the_three_questions(tmp_path):
     assert [r['step'] for r in compare_curves.summarize([rising[0], partial])['rows']] == [100]
     text = compare_curves.report('small_budget', s)
     assert 'from step 200 on' in text and 'rises at every budget' in text
+    assert 'does not beat' in compare_curves.report('x', falling)
+    assert 'one budget so far' in compare_curves.report('x', compare_curves.summarize([partial]))
     png = curve_plots.plot_recipes({'a': rising, 'b': fell}, {'a': s, 'b': falling},
                                    str(tmp_path / 'r.png'))
     assert (tmp_path / 'r.png').stat().st_size > 10_000 and png.endswith('r.png')
