@@ -2,7 +2,6 @@
 
 import os
 import pathlib
-import signal
 
 # Several fake CPU devices so data-parallel code runs for real on one CPU.
 # Must be set before jax is imported anywhere.
@@ -17,13 +16,6 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def sigint_as_in_a_terminal() -> None:
-    """`preexec_fn` for a child the test interrupts with SIGINT: a script that
-    starts the tests in the background (`... &`) passes SIGINT on as ignored,
-    and Python then never raises KeyboardInterrupt."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 # The published code (MIT) that the comparison tests check against; CI has it
 # beside the repository.

@@ -13,7 +13,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import sigint_as_in_a_terminal
 from jepa_ecg import cli
 from jepa_ecg.inference import classifier as classifier_lib
 from jepa_ecg.inference import encoder as encoder_lib
@@ -177,8 +176,7 @@ def test_predict_interrupted_by_sigint_resumes_and_writes_npz(tmp_path, capsys):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.Popen([sys.executable, '-m', 'jepa_ecg.cli'] + args + [str(out)],
                             env=dict(os.environ, PYTHONPATH=root), stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True,
-                            preexec_fn=sigint_as_in_a_terminal)
+                            stdout=subprocess.PIPE, text=True)
     # Generous: the first part waits for imports and compilation on a loaded machine.
     deadline = time.time() + 600
     while not (parts / 'part-00001.npz').exists():

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, sigint_as_in_a_terminal
+from conftest import REPO
 from jepa_ecg.training import checkpoint
 
 # Full tier (make test-all): see README's test tiers.
@@ -115,8 +115,7 @@ def _run_until(cmd, workdir, steps, sig, tmp_path):
     """Starts a run, sends `sig` once it logged `steps` steps; returns (rc, stderr)."""
     log_path = tmp_path / f'{os.path.basename(workdir)}-{sig}.log'
     with open(log_path, 'w') as log:
-        proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=log,
-                                preexec_fn=sigint_as_in_a_terminal)
+        proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.time() + 900
         while time.time() < deadline and proc.poll() is None:
             if any(s >= steps for s in _logged_steps(workdir)):
