@@ -142,6 +142,28 @@ def test_stops_with_a_clear_message_on_nan(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_loop_runs_at_most_one_step_ahead_of_the_device(tmp_path):
+    # No log or periodic checkpoint before step 40: only the wait for the
+    # previous step can see step 6's NaN. Asynchronous dispatch alone would
+    # queue steps up to the first log; a stop signal would then wait for all.
+    c = _config(40)
+    c.log_every = c.checkpoint_every = c.rank_every = 40
+    cfg = model_config_from(c)
+    pulled = []
+
+    def counted(start_step):
+        for batch in _batches(cfg, 4, poison_at=5)(start_step):
+            pulled.append(1)
+            yield batch
+
+    with pytest.raises(guard.NonFiniteLossError, match='non-finite loss nan at step 6;'):
+        loop.train_and_evaluate(c, str(tmp_path), input_iterator_fn=counted)
+    # Step 7 dispatched while 6 ran, and one batch staged for the device beyond it.
+    assert len(pulled) <= 8, len(pulled)
+    assert all(int(d) < 6 for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit())
+
+
+@pytest.mark.slow
 def test_logs_metrics_and_event_files(tmp_path):
     c = _config(4)
     cfg = model_config_from(c)

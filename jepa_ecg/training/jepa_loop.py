@@ -71,6 +71,14 @@ def _check_finite(scalars: dict[str, float], step: int, manager) -> None:
             f'enable grad_clip or use float32.')
 
 
+def _check_loss(step: int, loss, manager) -> None:
+    loss = float(loss)
+    if not math.isfinite(loss):
+        raise guard.NonFiniteLossError(
+            f'non-finite loss {loss} at step {step}; the last good checkpoint '
+            f'is in {manager.directory}')
+
+
 def _log_line(step: int, total: int, scalars: dict[str, float], eta: float) -> None:
     rank = scalars.get('target_rank')
     logging.info('step %d/%d loss %.4f lr %.2e wd %.3f m %.5f |g| %.3f |p| %.1f '
@@ -196,18 +204,20 @@ def _train(config: ml_collections.ConfigDict, cfg: ModelConfig, state, start_ste
     t_last, step_last = time.time(), start_step
     last: dict[str, float] = {}
     step = start_step
+    previous = None  # (step, loss) of the step dispatched before this one
     while step < stop:
         state, metrics = train_step(state, next(it))
         step += 1
+        if previous is not None:
+            # Waits for the previous step while this one runs: at most one step
+            # is ever in flight, so a stop signal or a NaN is acted on within a
+            # step, not after everything asynchronous dispatch queued ahead.
+            _check_loss(*previous, manager)
+        previous = (step, metrics['loss'])
         stopping = stop_signals.should_stop(step)
         due_save = manager.should_save(step) or step == stop or stopping
         if due_save and step % config.log_every:
-            # Never write a non-finite state into a checkpoint.
-            loss = float(metrics['loss'])
-            if not math.isfinite(loss):
-                raise guard.NonFiniteLossError(
-                    f'non-finite loss {loss} at step {step}; the last good checkpoint '
-                    f'is in {manager.directory}')
+            _check_loss(step, metrics['loss'], manager)  # no non-finite state is saved
         if step % config.log_every == 0 or step == stop:
             scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if config.rank_every <= 0 or step % config.rank_every:
