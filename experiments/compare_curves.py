@@ -31,13 +31,12 @@ import numpy as np
 from absl import app, flags
 
 from experiments import curve_plots
-from experiments.learning_curve import CURVE_FILE
 
 FLAGS = flags.FLAGS
 
 
 def _read(workdir: str) -> dict:
-    path = os.path.join(workdir, CURVE_FILE)
+    path = os.path.join(workdir, curve_plots.CURVE_FILE)
     if not os.path.exists(path):
         raise app.UsageError(f'{path}: no learning curve here (run experiments.learning_curve '
                              f'with --workdir={workdir} first)')

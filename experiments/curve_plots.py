@@ -9,6 +9,10 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
+# What experiments.learning_curve writes into its workdir, and what the plots and
+# experiments.compare_curves read.
+CURVE_FILE = 'curve.json'
+
 
 def _log_ticks_at(ax, values, labels) -> None:
     """A log x-axis labelled at `values` only (the budgets), no minor ticks."""

@@ -33,7 +33,6 @@ from jepa_ecg.training.metrics_writer import read_metrics
 
 FLAGS = flags.FLAGS
 
-CURVE_FILE = 'curve.json'
 CURVE_PNG = 'learning_curve.png'
 
 
@@ -133,7 +132,7 @@ def run_curve(config, workdir: str) -> dict:
     logging.info('random band: %.4f-%.4f', band['min'], band['max'])
     curve = {'task': config.task, 'variant': config.pretrain.model.variant,
              'fs': config.pretrain.model.fs, 'batch': batch,
-             'recipe': config.pretrain.get('recipe', 'published'),
+             'recipe': config.pretrain.recipe,
              'learning_rate': float(config.pretrain.learning_rate),
              'pretrain_seed': int(config.pretrain.seed),
              'pretrain_total_steps': int(config.pretrain.total_steps),
@@ -151,7 +150,7 @@ def run_curve(config, workdir: str) -> dict:
         curve['first_budget_beating_random'] = first_win(curve['points'])
         curve['best_by_validation'] = best_by_validation(curve['points'])
         curve['minutes'] = (time.time() - t0) / 60
-        with open(os.path.join(workdir, CURVE_FILE), 'w') as f:
+        with open(os.path.join(workdir, curve_plots.CURVE_FILE), 'w') as f:
             json.dump(curve, f, indent=2)
     if config.plots:
         curve_plots.plot_learning_curve(curve, os.path.join(workdir, CURVE_PNG))
@@ -180,7 +179,7 @@ def main(argv):
     with console.run_errors(None):
         curve = run_curve(FLAGS.config, FLAGS.workdir)
     print_curve(curve)
-    print(f'curve: {os.path.join(FLAGS.workdir, CURVE_FILE)}')
+    print(f'curve: {os.path.join(FLAGS.workdir, curve_plots.CURVE_FILE)}')
 
 
 if __name__ == '__main__':

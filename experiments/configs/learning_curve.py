@@ -37,7 +37,7 @@ def parse(arg: str | None) -> ml_collections.ConfigDict:
         arg,
         budget=common.Choice(BUDGETS, 'cpu'),
         variant=common.Choice(pretrain_configs.VARIANT_TOKENS, 'vit_xs'),
-        recipe=common.Choice({r: r for r in pretrain_configs.RECIPES}, 'published'),
+        recipe=common.Choice(pretrain_configs.RECIPE_TOKENS, 'published'),
         steps=0,
         budgets=0,
         random_seeds=0)

@@ -34,6 +34,7 @@ RECIPES = {
     'published': {},
     'small_budget': {'learning_rate': 6e-4},
 }
+RECIPE_TOKENS = {r: r for r in RECIPES}
 
 
 def parse(arg: str | None) -> ml_collections.ConfigDict:
@@ -44,7 +45,7 @@ def parse(arg: str | None) -> ml_collections.ConfigDict:
         mixture=common.Choice({m: m for m in MIXTURES}, 'synthetic'),
         fs=500.0,
         dtype=common.Choice(DTYPE_TOKENS, 'fp32'),
-        recipe=common.Choice({r: r for r in RECIPES}, 'published'),
+        recipe=common.Choice(RECIPE_TOKENS, 'published'),
         smoke=False)
 
 
