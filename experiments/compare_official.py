@@ -56,6 +56,7 @@ side several-fold: for a per-core figure pin both to one core
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import statistics
@@ -232,11 +233,15 @@ def _timed(side, batches) -> tuple[float, float, float]:
     return time.perf_counter() - t0, time.process_time() - c0, loss
 
 
+def _require_torch() -> None:
+    """A usage error naming the install step when torch (the official side) is absent."""
+    if importlib.util.find_spec('torch') is None:
+        raise app.UsageError("torch is missing: pip install -e '.[torch]'")
+
+
 def compare_train_step() -> dict:
-    try:
-        import torch  # pylint: disable=g-import-not-at-top
-    except ImportError:
-        raise app.UsageError("torch is missing: pip install -e '.[torch]'") from None
+    _require_torch()
+    import torch  # pylint: disable=g-import-not-at-top
     import jax  # pylint: disable=g-import-not-at-top
     path = _official_dir() if FLAGS.official_impl == 'published' else None
     batch, spr = FLAGS.batch, FLAGS.steps_per_rep
@@ -305,9 +310,7 @@ def _linear_flags(linear) -> None:
 
 def compare_pretrain() -> dict:
     """Both sides pre-trained on the same batches per seed, then probed (experiments/side_by_side.py)."""
-    import importlib.util  # pylint: disable=g-import-not-at-top
-    if importlib.util.find_spec('torch') is None:
-        raise app.UsageError("torch is missing: pip install -e '.[torch]'")
+    _require_torch()
     from experiments import build_data, side_by_side  # pylint: disable=g-import-not-at-top
     from experiments.configs import learning_curve  # pylint: disable=g-import-not-at-top
     if not FLAGS.workdir:
@@ -361,9 +364,7 @@ def print_pretrain(result: dict) -> None:
 
 def compare_finetune() -> dict:
     """The linear protocol by both sides per seed (experiments/compare_finetune.py)."""
-    import importlib.util  # pylint: disable=g-import-not-at-top
-    if importlib.util.find_spec('torch') is None:
-        raise app.UsageError("torch is missing: pip install -e '.[torch]'")
+    _require_torch()
     if not FLAGS.workdir:
         raise app.UsageError('--what=finetune needs --workdir')
     path = _official_dir() if FLAGS.official_impl == 'published' else None
