@@ -15,7 +15,19 @@ from tfds_builders import errors
 from tfds_builders import pool as pool_lib
 
 
-class SourceBuilderMixin:
+class LoggedBuildMixin:
+    """Replaces TFDS's two stdout lines around a build (the download sizes of a
+    local source it does not know) with one log line each; mixed into every
+    builder here, before `tfds.core.GeneratorBasedBuilder`."""
+
+    def _log_download_bytes(self) -> None:
+        logging.info('building %s in %s', self.info.full_name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        logging.info('%s is ready in %s', self.info.full_name, self.data_dir)
+
+
+class SourceBuilderMixin(LoggedBuildMixin):
     """What every ECG source builder shares, mixed into GeneratorBasedBuilder.
 
     * Constructor arguments `download` (download the source when manual_dir

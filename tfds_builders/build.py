@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 from tensorflow_datasets.core import file_adapters
+from tensorflow_datasets.core.utils import tqdm_utils
 
 # The builder classes (each registers itself with TFDS on import).
 from tfds_builders.cinc2021 import cinc2021_dataset_builder  # noqa: F401
@@ -93,10 +94,22 @@ def build_dataset(tfds_name: str, data_dir: str | None, *, manual_dir: str | Non
     context = contextlib.nullcontext() if compress else uncompressed_array_record_writes()
     download_config = (tfds.download.DownloadConfig(manual_dir=manual_dir)
                        if manual_dir else None)
-    with context:
+    with context, _without_tfds_progress_bars():
         builder.download_and_prepare(file_format='array_record',
                                      download_config=download_config)
     return builder
+
+
+@contextlib.contextmanager
+def _without_tfds_progress_bars():
+    """Our readers log `desc: done / total (rate)` and a summary per split; TFDS's
+    bars (one per split and per shuffle, with shard-pattern paths) repeat them."""
+    was = tqdm_utils._active  # pylint: disable=protected-access
+    tqdm_utils.display_progress_bar(False)
+    try:
+        yield
+    finally:
+        tqdm_utils.display_progress_bar(was)
 
 
 def is_built(tfds_name: str, data_dir: str | None) -> bool:

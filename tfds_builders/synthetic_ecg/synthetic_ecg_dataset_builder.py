@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 from jepa_ecg.ecg import synthetic
 from jepa_ecg.ecg.leads import LEADS
 
-from tfds_builders import features
+from tfds_builders import base, features
 
 
 @dataclasses.dataclass
@@ -42,7 +42,7 @@ class SyntheticEcgConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(base.LoggedBuildMixin, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for synthetic_ecg."""
 
     name = 'synthetic_ecg'
