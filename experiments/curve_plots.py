@@ -127,7 +127,8 @@ def plot_recipes(curves: Mapping, summaries: Mapping, path: str) -> str:
             top.errorbar([v * (1 + 0.03 * (j - 0.5)) for v in x], auc, yerr=err, marker='o',
                          ms=4, capsize=2, lw=0.8, alpha=0.6, color=color)
         top.plot(x, [r['mean_test'] for r in rows], color=color, lw=2.2,
-                 label=f'{name} ({len(seeds)} pre-training seeds, mean; 95% CIs per seed)')
+                 label=f'{name} ({len(seeds)} pre-training seed{"s" * (len(seeds) != 1)}, '
+                       'mean; 95% CIs per seed)')
         mid = [(r['min_diff'] + r['max_diff']) / 2 for r in rows]
         bottom.errorbar([v * (1 + 0.04 * k) for v in x], mid,
                         yerr=[[m - r['min_ci_low'] for m, r in zip(mid, rows)],
