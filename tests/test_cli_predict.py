@@ -159,6 +159,10 @@ def test_predict_rejects_an_encoder(tmp_path, capsys):
     assert code == 2 and 'not a fine-tuned classifier' in capsys.readouterr().err
 
 
+_CLI_WITH_SIGINT = ('import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); '
+                    "runpy.run_module('jepa_ecg.cli', run_name='__main__', alter_sys=True)")
+
+
 @pytest.mark.slow
 def test_predict_interrupted_by_sigint_resumes_and_writes_npz(tmp_path, capsys):
     cfg, _, params = make_params('attentive')
@@ -174,7 +178,10 @@ def test_predict_interrupted_by_sigint_resumes_and_writes_npz(tmp_path, capsys):
     assert cli.main(args + [str(tmp_path / 'clean.csv')]) == 0
     out, parts = tmp_path / 'preds.csv', tmp_path / 'preds.csv.parts'
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen([sys.executable, '-m', 'jepa_ecg.cli'] + args + [str(out)],
+    # A child inherits an ignored SIGINT from a shell that started the tests in
+    # the background (`cmd &` without job control), and Python then leaves it
+    # ignored: the child restores Python's own handler, as a terminal run has.
+    proc = subprocess.Popen([sys.executable, '-c', _CLI_WITH_SIGINT] + args + [str(out)],
                             env=dict(os.environ, PYTHONPATH=root), stderr=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     # Generous: the first part waits for imports and compilation on a loaded machine.
