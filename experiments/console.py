@@ -20,9 +20,11 @@ from absl import flags, logging
 
 import experiments
 import jepa_ecg
+import tfds_builders
 
+# Dataset builds log their progress from tfds_builders: ours too.
 _OUR_ROOTS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
-                   for m in (jepa_ecg, experiments))
+                   for m in (jepa_ecg, experiments, tfds_builders))
 
 
 class _OursOrImportant(std_logging.Filter):
