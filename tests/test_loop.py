@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -161,6 +162,26 @@ def test_the_loop_runs_at_most_one_step_ahead_of_the_device(tmp_path):
     # Step 7 dispatched while 6 ran, and one batch staged for the device beyond it.
     assert len(pulled) <= 8, len(pulled)
     assert all(int(d) < 6 for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit())
+
+
+@pytest.mark.slow
+def test_a_signal_in_the_last_step_of_a_segment_is_not_lost(tmp_path):
+    # The learning curve trains to `stop_at_step`, probes, then trains on: a
+    # SIGTERM whose step is the segment's last must stop it, not vanish with
+    # the segment's handlers.
+    c = _config(6)
+    c.stop_at_step = 3
+    cfg = model_config_from(c)
+
+    def signalled(start_step):
+        for i, batch in enumerate(_batches(cfg, 4)(start_step)):
+            if i == 3:  # staged while step 3 runs
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    with pytest.raises(guard.StopRequested) as e:
+        loop.train_and_evaluate(c, str(tmp_path), input_iterator_fn=signalled)
+    assert e.value.step == 3 and e.value.signum == signal.SIGTERM
 
 
 @pytest.mark.slow

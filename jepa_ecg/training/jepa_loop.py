@@ -165,9 +165,9 @@ def _run(config: ml_collections.ConfigDict, cfg: ModelConfig, workdir: str,
         raise
     _close_quietly(source_iter, None, writer)
     checkpoint.close(manager)  # waits for the last save and writes its digests
-    if stop.received is not None and step < min(config.total_steps,
-                                                int(config.get('stop_at_step') or
-                                                    config.total_steps)):
+    # Also at `stop_at_step`: a caller that would go on (the learning curve's next
+    # budget) must see the signal, not lose it with this segment's handlers.
+    if stop.received is not None and step < config.total_steps:
         raise guard.StopRequested(stop.received, step, os.fspath(manager.directory))
     elapsed = time.time() - t_start
     return {'step': step, 'last': last, 'seconds': elapsed,
