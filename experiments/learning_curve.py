@@ -28,7 +28,7 @@ from experiments import build_data, compare, console, curve_plots
 from experiments.configs.learning_curve import budget_steps
 from jepa_ecg import sharding
 from jepa_ecg.inference import resolve, runs
-from jepa_ecg.training import finetune_loop, finetune_runs, jepa_loop
+from jepa_ecg.training import finetune_loop, finetune_runs, guard, jepa_loop
 from jepa_ecg.training.metrics_writer import read_metrics
 
 FLAGS = flags.FLAGS
@@ -49,7 +49,7 @@ def _run_summary(run_dir: str) -> dict:
             'best_val_auc': r['best_val_auc'], 'seed': r['seed'], 'run': run_dir}
 
 
-def random_band(config, workdir: str) -> dict:
+def random_band(config, workdir: str, stop: guard.StopSignals | None = None) -> dict:
     """Linear protocol on `config.random_seeds` random-init encoders (their own seeds)."""
     out = os.path.join(workdir, 'random')
     runs = [os.path.join(out, config.task, f'seed{k}') for k in range(config.random_seeds)]
@@ -57,18 +57,25 @@ def random_band(config, workdir: str) -> dict:
         spec = f'random:{config.pretrain.model.variant}'
         finetune_runs.run_all(config.linear, out, tasks=[config.task],
                               encoder=resolve.make_resolver(spec, config.linear),
-                              num_seeds=config.random_seeds)
+                              num_seeds=config.random_seeds, stop=stop)
     rows = [_run_summary(r) for r in runs]
     aucs = [r['test_macro_auc'] for r in rows]
     return {'runs': rows, 'mean': float(np.mean(aucs)), 'std': float(np.std(aucs)),
             'min': float(np.min(aucs)), 'max': float(np.max(aucs))}
 
 
-def pretrain_to(config, pre_dir: str, step: int) -> dict:
-    """Pre-trains (resuming) up to `step`; the last logged loss and target rank there."""
+def pretrain_to(config, pre_dir: str, step: int, stop: guard.StopSignals | None = None) -> dict:
+    """Pre-trains (resuming) up to `step`; the last logged loss and target rank there.
+
+    Raises:
+      guard.StopRequested: a stop signal arrived, also one in the run's last
+        step (the run is complete and saved; the curve stops before probing).
+    """
     with config.pretrain.unlocked():
         config.pretrain.stop_at_step = step
-    jepa_loop.train_and_evaluate(config.pretrain, pre_dir)
+    jepa_loop.train_and_evaluate(config.pretrain, pre_dir, stop=stop)
+    if stop is not None and stop.received is not None:
+        raise guard.StopRequested(stop.received, step, pre_dir)
     last = {'pretrain_loss': float('nan'), 'target_rank': float('nan')}
     for row in read_metrics(pre_dir):
         if row['step'] <= step:
@@ -77,7 +84,8 @@ def pretrain_to(config, pre_dir: str, step: int) -> dict:
     return last
 
 
-def linear_at(config, pre_dir: str, step: int, workdir: str) -> str:
+def linear_at(config, pre_dir: str, step: int, workdir: str,
+              stop: guard.StopSignals | None = None) -> str:
     """The linear protocol on the target encoder of checkpoint `step`; its run folder."""
     out = os.path.join(workdir, f'budget{step}')
     run = os.path.join(out, config.task, 'seed0')
@@ -86,7 +94,8 @@ def linear_at(config, pre_dir: str, step: int, workdir: str) -> str:
         source = finetune_loop.EncoderSource(
             enc.config, enc.params, lead_stats=enc.lead_stats, spec=f'{pre_dir}@{step}',
             description=f'JEPA target encoder at step {step} of {os.path.abspath(pre_dir)}')
-        finetune_runs.run_all(config.linear, out, encoder=source, tasks=[config.task])
+        finetune_runs.run_all(config.linear, out, encoder=source, tasks=[config.task],
+                              stop=stop)
     return run
 
 
@@ -120,7 +129,17 @@ def best_by_validation(points: list) -> dict:
 
 
 def run_curve(config, workdir: str) -> dict:
-    """Pre-trains through every budget, scores each and the random band; writes curve.json."""
+    """Pre-trains through every budget, scores each and the random band; writes curve.json.
+
+    One set of stop-signal handlers covers the whole curve (pre-training
+    segments and probes): SIGTERM/SIGINT anywhere raises guard.StopRequested
+    once the step in progress is done, and rerunning resumes.
+    """
+    with guard.StopSignals() as stop:
+        return _run_curve(config, workdir, stop)
+
+
+def _run_curve(config, workdir: str, stop: guard.StopSignals) -> dict:
     t0 = time.time()
     _share_data_dirs(config)
     build_data.for_pretraining(config.pretrain)
@@ -128,7 +147,7 @@ def run_curve(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     pre_dir = os.path.join(workdir, 'pretrain')
     batch = int(config.pretrain.global_batch_size)
-    band = random_band(config, workdir)
+    band = random_band(config, workdir, stop)
     logging.info('random band: %.4f-%.4f', band['min'], band['max'])
     curve = {'task': config.task, 'variant': config.pretrain.model.variant,
              'fs': config.pretrain.model.fs, 'batch': batch,
@@ -138,8 +157,8 @@ def run_curve(config, workdir: str) -> dict:
              'pretrain_total_steps': int(config.pretrain.total_steps),
              'linear_steps': int(config.linear.total_steps), 'random': band, 'points': []}
     for step in budget_steps(config):
-        logged = pretrain_to(config, pre_dir, step)
-        run = linear_at(config, pre_dir, step, workdir)
+        logged = pretrain_to(config, pre_dir, step, stop)
+        run = linear_at(config, pre_dir, step, workdir, stop)
         point = {'step': step, 'records_seen': step * batch, **logged, **_run_summary(run)}
         point['paired'] = paired_vs_random(run, band, config)
         curve['points'].append(point)

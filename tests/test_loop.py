@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -182,6 +183,39 @@ def test_a_signal_in_the_last_step_of_a_segment_is_not_lost(tmp_path):
     with pytest.raises(guard.StopRequested) as e:
         loop.train_and_evaluate(c, str(tmp_path), input_iterator_fn=signalled)
     assert e.value.step == 3 and e.value.signum == signal.SIGTERM
+
+
+@pytest.mark.slow
+def test_a_signal_in_the_runs_last_step_is_left_to_the_caller_holding_the_handlers(
+        tmp_path, synthetic_tfds_dir):
+    # The learning curve holds one set of stop handlers over its pre-training
+    # segments and probes. A SIGTERM in the run's very last step completes the
+    # run (saved) and stays in `stop.received`; the curve then stops before
+    # probing instead of going on as if nothing arrived.
+    from experiments import learning_curve
+    c = _config(3)
+    c.data.data_dir = synthetic_tfds_dir
+    cfg = model_config_from(c)
+
+    def signalled(start_step):
+        for i, batch in enumerate(_batches(cfg, 4)(start_step)):
+            if i == 3:  # pulled ahead while step 3, the last, runs
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    before = signal.getsignal(signal.SIGTERM)
+    with guard.StopSignals() as stop:
+        held = signal.getsignal(signal.SIGTERM)
+        summary = loop.train_and_evaluate(c, str(tmp_path), input_iterator_fn=signalled,
+                                          stop=stop)
+        assert summary['step'] == 3 and stop.received == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) == held  # still the caller's
+        curve = ml_collections.ConfigDict({"pretrain": c})
+        with pytest.raises(guard.StopRequested) as e:
+            learning_curve.pretrain_to(curve, str(tmp_path), 3, stop)
+        assert e.value.step == 3 and e.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert '3' in os.listdir(tmp_path / 'checkpoints')
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ seed under one workdir lock and stop-signal handler and writes the summary.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -161,7 +162,8 @@ def _task_summary(reports: list[dict]) -> dict:
 
 
 def run_all(config: ml_collections.ConfigDict, workdir: str, *, encoder: EncoderArg,
-            tasks: list[str], num_seeds: int = 1) -> dict:
+            tasks: list[str], num_seeds: int = 1,
+            stop: guard.StopSignals | None = None) -> dict:
     """Runs every task x seed; writes `<workdir>/<task>/seed<k>/` and a summary.
 
     Args:
@@ -171,6 +173,8 @@ def run_all(config: ml_collections.ConfigDict, workdir: str, *, encoder: Encoder
         EncoderSource` (a linear run's output differs per task and seed).
       tasks: tasks to run.
       num_seeds: repetitions per task (seeds config.seed .. + num_seeds - 1).
+      stop: stop-signal handlers the caller holds across several calls; None:
+        these runs install their own.
 
     Returns:
       The summary written to `<workdir>/results.json`: per task the per-seed
@@ -184,7 +188,8 @@ def run_all(config: ml_collections.ConfigDict, workdir: str, *, encoder: Encoder
     resolve = resolver_of(encoder)
     summary = {'protocol': config.protocol, 'encoder': None, 'num_seeds': num_seeds,
                'config': json.loads(config.to_json_best_effort()), 'tasks': {}}
-    with guard.WorkdirLock(workdir, 'fine-tuning'), guard.StopSignals() as stop:
+    signals = guard.StopSignals() if stop is None else contextlib.nullcontext(stop)
+    with guard.WorkdirLock(workdir, 'fine-tuning'), signals as stop:
         for task in tasks:
             first = resolve(task, 0)
             summary['encoder'] = summary['encoder'] or first.spec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -90,8 +91,8 @@ def _log_line(step: int, total: int, scalars: dict[str, float], eta: float) -> N
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       input_iterator_fn: Callable[[int], Iterator[dict]] | None = None
-                       ) -> dict[str, Any]:
+                       input_iterator_fn: Callable[[int], Iterator[dict]] | None = None,
+                       stop: guard.StopSignals | None = None) -> dict[str, Any]:
     """Pre-trains (or resumes) until `config.total_steps`.
 
     Args:
@@ -99,6 +100,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       workdir: checkpoints, metrics.jsonl, TensorBoard events, config.json.
       input_iterator_fn: optional `(start_step) -> iterator` replacing the
         TFDS pipeline (each item a local batch dict as the pipeline yields).
+      stop: stop-signal handlers the caller holds across several runs (the
+        learning curve's segments and probes); None: this run installs its own.
+        A signal that arrives in the last step of the whole run is left in
+        `stop.received` for the caller (the run itself is complete and saved).
 
     Returns:
       Summary dict: final step, last logged metrics, records/s.
@@ -111,7 +116,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """
     config_checks.check_pretrain_config(config)
     cfg = model_config_from(config)
-    with guard.WorkdirLock(workdir, 'pre-training'), guard.StopSignals() as stop:
+    signals = guard.StopSignals() if stop is None else contextlib.nullcontext(stop)
+    with guard.WorkdirLock(workdir, 'pre-training'), signals as stop:
         previous_hook = guard.ignore_closed_loop_callbacks()
         try:
             return _run(config, cfg, workdir, input_iterator_fn, stop)
