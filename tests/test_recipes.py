@@ -108,3 +108,21 @@ def test_recipe_summary_answers_the_three_questions(tmp_path):
     png = curve_plots.plot_recipes({'a': rising, 'b': fell}, {'a': s, 'b': falling},
                                    str(tmp_path / 'r.png'))
     assert (tmp_path / 'r.png').stat().st_size > 10_000 and png.endswith('r.png')
+
+
+def test_the_decay_fraction_ends_the_cosine_early_and_holds_its_floor():
+    import numpy as np
+    from jepa_ecg.training import optim
+    c = curve_configs.get_config('cpu').pretrain
+    assert c.lr_decay_fraction == 1.0  # the published cosine spans the run
+    steps = np.arange(c.total_steps)
+    spanning = optim.warmup_cosine(c.total_steps, c.learning_rate, c.final_learning_rate,
+                                   c.warmup_steps, c.warmup_start_learning_rate)
+    np.testing.assert_array_equal(optim.make_schedules(c)['lr'](steps), spanning(steps))
+    with c.unlocked():
+        c.final_learning_rate, c.lr_decay_fraction = 1e-4, 0.35
+    lr = np.asarray(optim.make_schedules(c)['lr'](steps))
+    end = round(0.35 * c.total_steps) - 1
+    assert lr[c.warmup_steps] == pytest.approx(c.learning_rate)
+    assert np.all(np.diff(lr[c.warmup_steps:end + 1]) < 0)
+    np.testing.assert_allclose(lr[end:], 1e-4, rtol=1e-6)

@@ -97,6 +97,9 @@ def get_config(arg: str = 'vit_xs,synthetic') -> ml_collections.ConfigDict:
     c.warmup_steps = 10_000
     c.learning_rate = 1e-3
     c.final_learning_rate = 1e-6
+    # The cosine reaches final_learning_rate at this fraction of total_steps
+    # and holds it for the rest of the run (1: the cosine spans the run).
+    c.lr_decay_fraction = 1.0
     c.warmup_start_learning_rate = 1e-6
     c.weight_decay = 0.01
     c.final_weight_decay = 0.1

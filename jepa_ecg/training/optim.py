@@ -17,8 +17,9 @@ def warmup_cosine(total_steps: int, peak: float, final: float, warmup_steps: int
     """Linear warm-up from `warmup_start` to `peak`, then cosine down to `final`.
 
     The cosine reaches `final` at step `total_steps - 1` and stays there, so
-    the last training step uses the final value. With `peak < final` the same
-    curve rises (used for weight decay 0.01 -> 0.1).
+    the last training step uses the final value (a schedule meant to end
+    earlier than the run passes that step as `total_steps`). With
+    `peak < final` the same curve rises (used for weight decay 0.01 -> 0.1).
     """
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
@@ -53,7 +54,9 @@ def make_schedules(config) -> dict[str, Schedule]:
     Pre-training and the fine-tuning protocols share the learning rate's
     shape: linear warm-up from `warmup_start_learning_rate` over
     `warmup_steps`, then cosine to `final_learning_rate` (equal to
-    `learning_rate` for a constant rate). Weight decay follows a cosine from
+    `learning_rate` for a constant rate), reached at
+    `lr_decay_fraction` of `total_steps` (1 when absent: the cosine spans the
+    run) and held after it. Weight decay follows a cosine from
     `weight_decay` to `final_weight_decay`, constant when the config has no
     final value (fine-tuning). The EMA momentum ramp exists only in configs
     with `ema_momentum` (pre-training).
@@ -66,8 +69,10 @@ def make_schedules(config) -> dict[str, Schedule]:
     """
     steps = config.total_steps
     wd = config.weight_decay
+    frac = config.get('lr_decay_fraction')
+    lr_end = steps if frac is None else round(frac * steps)
     schedules = {
-        'lr': warmup_cosine(steps, config.learning_rate, config.final_learning_rate,
+        'lr': warmup_cosine(lr_end, config.learning_rate, config.final_learning_rate,
                             config.warmup_steps, config.warmup_start_learning_rate),
         'wd': warmup_cosine(steps, wd, config.get('final_weight_decay', wd)),
     }
