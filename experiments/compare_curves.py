@@ -91,12 +91,14 @@ def summarize(curves: list[dict]) -> dict:
         'random_band': [r['test_macro_auc'] for r in curves[0]['random']['runs']],
         # Written by experiments.learning_curve (absent from older curve files).
         'learning_rates': sorted({c['learning_rate'] for c in curves if 'learning_rate' in c}),
+        'lr_schedules': sorted({c['lr_schedule'] for c in curves if 'lr_schedule' in c}),
         'pretrain_seeds': [c.get('pretrain_seed') for c in curves],
     }
 
 
 def report(name: str, s: dict) -> str:
-    lr = ''.join(f'peak learning rate {v:g}; ' for v in s['learning_rates'])
+    lr = (''.join(f'{v}; ' for v in s.get('lr_schedules', []))
+          or ''.join(f'peak learning rate {v:g}; ' for v in s['learning_rates']))
     lines = [f'{name} ({lr}{s["seeds"]} pre-training seed{"s" if s["seeds"] != 1 else ""}; random init '
              + ' / '.join(f'{a:.4f}' for a in s['random_band']) + ')',
              '  step  records   test macro AUC per seed   validation per seed   '

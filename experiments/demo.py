@@ -18,7 +18,7 @@ from absl import app, flags
 
 from experiments import build_data, console, learning_curve
 from experiments.configs import learning_curve as curve_configs
-from experiments.configs.pretrain import RECIPES, get_config
+from experiments.configs.pretrain import RECIPES, describe_schedule, get_config
 from jepa_ecg import sharding
 from jepa_ecg.training import jepa_loop
 from jepa_ecg.training.metrics_writer import loss_curve_summary
@@ -86,7 +86,7 @@ def _demo():
 
 
 def _recipe_line(config) -> str:
-    return (f'recipe {config.recipe}: peak learning rate {config.learning_rate:g}, '
+    return (f'recipe {config.recipe}: {describe_schedule(config)}, '
             f'--recipe={"small_budget" if config.recipe == "published" else "published"} '
             f'for the other')
 

@@ -25,6 +25,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import build_data, compare, console, curve_plots
+from experiments.configs import pretrain as pretrain_configs
 from experiments.configs.learning_curve import budget_steps
 from jepa_ecg import sharding
 from jepa_ecg.inference import resolve, runs
@@ -153,6 +154,7 @@ def _run_curve(config, workdir: str, stop: guard.StopSignals) -> dict:
              'fs': config.pretrain.model.fs, 'batch': batch,
              'recipe': config.pretrain.recipe,
              'learning_rate': float(config.pretrain.learning_rate),
+             'lr_schedule': pretrain_configs.describe_schedule(config.pretrain),
              'pretrain_seed': int(config.pretrain.seed),
              'pretrain_total_steps': int(config.pretrain.total_steps),
              'linear_steps': int(config.linear.total_steps), 'random': band, 'points': []}

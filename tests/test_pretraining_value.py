@@ -190,7 +190,8 @@ def test_smoke_learning_curve_end_to_end(ptbxl_tfds_dir, tmp_path):
          f'--curve=published:{tmp_path},{tmp_path}', f'--out={tmp_path / "recipes"}'],
         env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert cmp.returncode == 0, cmp.stderr[-3000:]
-    assert 'published (peak learning rate 0.001; 2 pre-training seeds' in cmp.stdout
+    assert (f'published ({curve["lr_schedule"]}; 2 pre-training seeds' in cmp.stdout
+            and curve['lr_schedule'].endswith('cosine to 1e-06 over the run'))
     with open(tmp_path / 'recipes.json') as f:
         assert [r['step'] for r in json.load(f)['published']['rows']] == [10, 20]
     assert (tmp_path / 'recipes.png').exists()

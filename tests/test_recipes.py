@@ -126,3 +126,7 @@ def test_the_decay_fraction_ends_the_cosine_early_and_holds_its_floor():
     assert lr[c.warmup_steps] == pytest.approx(c.learning_rate)
     assert np.all(np.diff(lr[c.warmup_steps:end + 1]) < 0)
     np.testing.assert_allclose(lr[end:], 1e-4, rtol=1e-6)
+    assert pretrain_configs.describe_schedule(c) == (
+        'learning rate 0.001 (warm-up 80), cosine to 0.0001 by 35% of the steps, then held')
+    assert pretrain_configs.describe_schedule(curve_configs.get_config('cpu').pretrain) == (
+        'learning rate 0.001 (warm-up 80), cosine to 1e-06 over the run')

@@ -37,6 +37,14 @@ RECIPES = {
 RECIPE_TOKENS = {r: r for r in RECIPES}
 
 
+def describe_schedule(config: ml_collections.ConfigDict) -> str:
+    """The learning-rate schedule of a pre-training config in words (logs, reports)."""
+    frac = config.get('lr_decay_fraction', 1.0)
+    end = 'over the run' if frac >= 1 else f'by {frac:.0%} of the steps, then held'
+    return (f'learning rate {config.learning_rate:g} (warm-up {config.warmup_steps}), cosine to '
+            f'{config.final_learning_rate:g} {end}')
+
+
 def parse(arg: str | None) -> ml_collections.ConfigDict:
     """The typed arguments of `arg` (see the module docstring)."""
     return common.parse_arg(
