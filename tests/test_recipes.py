@@ -130,3 +130,20 @@ def test_the_decay_fraction_ends_the_cosine_early_and_holds_its_floor():
         'learning rate 0.001 (warm-up 80), cosine to 0.0001 by 35% of the steps, then held')
     assert pretrain_configs.describe_schedule(curve_configs.get_config('cpu').pretrain) == (
         'learning rate 0.001 (warm-up 80), cosine to 1e-06 over the run')
+
+
+def test_the_measured_curves_kept_in_the_repo_read_back_and_summarise():
+    # experiments/measured_curves holds the curve.json of ablation runs that
+    # README's recipe table quotes; compare_curves must still read them.
+    import json
+    from conftest import REPO
+    from experiments import compare_curves
+    files = sorted((REPO / 'experiments' / 'measured_curves').glob('*/curve.json'))
+    assert files
+    for path in files:
+        curve = json.loads(path.read_text())
+        s = compare_curves.summarize([curve])
+        assert [r['step'] for r in s['rows']] == [p['step'] for p in curve['points']]
+        assert len(s['random_band']) == 3 and curve['lr_schedule'] in compare_curves.report(
+            path.parent.name, s)
+        assert not any('/work/' in json.dumps(p) for p in curve['points']), path
