@@ -97,7 +97,7 @@ def summarize(curves: list[dict]) -> dict:
 
 
 def report(name: str, s: dict) -> str:
-    lr = (''.join(f'{v}; ' for v in s.get('lr_schedules', []))
+    lr = (''.join(f'{v}; ' for v in s['lr_schedules'])
           or ''.join(f'peak learning rate {v:g}; ' for v in s['learning_rates']))
     lines = [f'{name} ({lr}{s["seeds"]} pre-training seed{"s" if s["seeds"] != 1 else ""}; random init '
              + ' / '.join(f'{a:.4f}' for a in s['random_band']) + ')',

@@ -210,7 +210,7 @@ def test_a_signal_in_the_runs_last_step_is_left_to_the_caller_holding_the_handle
                                           stop=stop)
         assert summary['step'] == 3 and stop.received == signal.SIGTERM
         assert signal.getsignal(signal.SIGTERM) == held  # still the caller's
-        curve = ml_collections.ConfigDict({"pretrain": c})
+        curve = ml_collections.ConfigDict({'pretrain': c})
         with pytest.raises(guard.StopRequested) as e:
             learning_curve.pretrain_to(curve, str(tmp_path), 3, stop)
         assert e.value.step == 3 and e.value.signum == signal.SIGTERM
