@@ -282,3 +282,18 @@ def test_sigterm_stops_a_finetuning_run_at_the_step_boundary(tmp_path):
     assert str(e.value) == (f'stopped by SIGTERM at step 1 of {tmp_path / "run"}: this run '
                             f'does not resume; run the same command to start it again')
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+
+
+def test_a_ctrl_c_ignored_at_start_stays_ignored_and_sigterm_still_stops():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a shell's background job
+    try:
+        with guard.StopSignals() as stop:
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.received is None
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.received == signal.SIGTERM
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, previous)

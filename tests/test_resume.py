@@ -111,11 +111,19 @@ def test_kill_and_resume_is_exact(tmp_path, synthetic_tfds_dir):
         assert rows_a[s] == rows_b[s]
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_until(cmd, workdir, steps, sig, tmp_path):
     """Starts a run, sends `sig` once it logged `steps` steps; returns (rc, stderr)."""
     log_path = tmp_path / f'{os.path.basename(workdir)}-{sig}.log'
     with open(log_path, 'w') as log:
-        proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
+        # A shell that started the tests in the background passes SIGINT on
+        # ignored, and the run leaves an ignored SIGINT ignored: the child gets
+        # the default back, as from a terminal.
+        proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=log,
+                                preexec_fn=_default_sigint)
         deadline = time.time() + 900
         while time.time() < deadline and proc.poll() is None:
             if any(s >= steps for s in _logged_steps(workdir)):

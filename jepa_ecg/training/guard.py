@@ -94,6 +94,10 @@ class StopSignals:
         # JAX's own SIGTERM handler (installed by jax.distributed) must stay.
         signums = (signal.SIGINT,) if self._jax_sync else SIGNALS
         for signum in signums:
+            if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+                # Started with Ctrl-C ignored (a shell's background job, a
+                # scheduler): it stays ignored, as Python itself leaves it.
+                continue
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)
             except ValueError:  # not the main thread: leave signals to its owner
