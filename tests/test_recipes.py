@@ -33,13 +33,16 @@ def test_the_default_recipe_is_the_published_one(arg):
     assert tuple(c.data.keep_ratio_range) == (0.15, 0.25)
 
 
-def test_small_budget_changes_the_learning_rate_and_nothing_else():
+SMALL = pretrain_configs.RECIPES['small_budget']
+
+
+def test_small_budget_changes_its_recipe_fields_and_nothing_else():
     pub = _leaves(pretrain_configs.get_config('vit_xs,ptbxl,100hz'))
     small = _leaves(pretrain_configs.get_config('vit_xs,ptbxl,100hz,small_budget'))
     assert small.pop('recipe') == 'small_budget' and pub.pop('recipe') == 'published'
     changed = {k for k in pub if pub[k] != small[k]}
-    assert changed == {'learning_rate'} and set(pub) == set(small)
-    assert small['learning_rate'] == pretrain_configs.RECIPES['small_budget']['learning_rate']
+    assert changed == set(SMALL) and set(pub) == set(small)
+    assert {k: small[k] for k in SMALL} == SMALL
     assert small['learning_rate'] < pub['learning_rate']
 
 
@@ -47,7 +50,7 @@ def test_small_budget_changes_the_learning_rate_and_nothing_else():
 def test_the_recipe_applies_over_every_variant_and_smoke(variant):
     for extra in ('', ',smoke'):
         c = pretrain_configs.get_config(f'{variant},ptbxl,small_budget{extra}')
-        assert c.learning_rate == pretrain_configs.RECIPES['small_budget']['learning_rate']
+        assert {k: c[k] for k in SMALL} == SMALL
         assert c.ema_momentum == PUBLISHED['ema_momentum']
 
 
@@ -57,7 +60,7 @@ def test_the_learning_curve_passes_the_recipe_to_pre_training():
     assert default.pretrain.recipe == 'published'
     assert default.pretrain.learning_rate == PUBLISHED['learning_rate']
     assert small.pretrain.recipe == 'small_budget'
-    assert small.pretrain.learning_rate == pretrain_configs.RECIPES['small_budget']['learning_rate']
+    assert {k: small.pretrain[k] for k in SMALL} == SMALL
     # The budget (batch, steps, warm-up) and the probe do not depend on the recipe.
     for field in ('global_batch_size', 'total_steps', 'warmup_steps', 'ema_momentum'):
         assert small.pretrain[field] == default.pretrain[field]
