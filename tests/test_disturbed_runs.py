@@ -297,3 +297,21 @@ def test_a_ctrl_c_ignored_at_start_stays_ignored_and_sigterm_still_stops():
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_signal_pending_at_an_evaluation_pass_stops_it_before_its_first_batch(tmp_path):
+    from jepa_ecg.training import finetune_loop  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from test_evaluation_protocols import _config as ft_config, _source, _synthetic_task
+    config = ft_config('linear,smoke', total_steps=50, eval_every=4)
+    run = finetune_loop.build_run(config, _synthetic_task(flip_eval=False), _source(), seed=0)
+    workdir = str(tmp_path / 'run')
+    with guard.StopSignals() as stop:
+        scores = finetune_loop.evaluate_or_stop(run, run.state.params, 'val', stop, 4, workdir)
+        assert 0.0 <= scores.macro_auc <= 1.0
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(guard.StopRequested) as e:
+            finetune_loop.evaluate_or_stop(run, run.state.params, 'test', stop, 4, workdir)
+    assert e.value.step == 4 and e.value.exitcode == 128 + signal.SIGTERM
+    assert str(e.value) == (f'stopped by SIGTERM at step 4 of {workdir}: this run does not '
+                            f'resume; run the same command to start it again')

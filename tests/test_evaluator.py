@@ -7,7 +7,7 @@ import pytest
 from jepa_ecg import sharding
 from jepa_ecg.data import ptbxl as data
 from jepa_ecg.evaluation import metrics
-from jepa_ecg.evaluation.evaluator import Evaluator
+from jepa_ecg.evaluation.evaluator import EvaluationInterrupted, Evaluator
 
 FS = 100.0
 
@@ -67,3 +67,23 @@ def test_evaluator_scores_a_split_from_its_logits():
     report = ev.report(scores, 'val', num_resamples=20, confidence=0.9, seed=0)
     assert report['macro_auc'] == pytest.approx(scores.macro_auc)
     assert [r['class'] for r in report['per_class']] == ['neg', 'pos']
+
+
+def test_a_pass_asked_to_stop_is_abandoned_between_batches():
+    rng = np.random.default_rng(2)
+    task = _task(rng.standard_normal((40, 500, 12)).astype(np.float32),
+                 np.ones((40, 1), bool), ['x'])
+    ev = Evaluator(lambda params, w: w.mean(axis=(1, 2))[:, None] * params, task,
+                   mesh=sharding.make_mesh(), crop=250, stride=125, records_per_batch=4)
+    asked = []
+
+    def interrupted():  # a stop arrives while the second of three batches runs
+        asked.append(len(asked))
+        return len(asked) > 2
+
+    with pytest.raises(EvaluationInterrupted, match='val pass abandoned after 2 batches'):
+        ev.evaluate(np.float32(1.0), 'val', interrupted)
+    assert len(asked) == 3  # no batch ran after the answer
+    full = ev.logits(np.float32(1.0), 'val', lambda: False)
+    np.testing.assert_array_equal(full, ev.logits(np.float32(1.0), 'val'))
+    assert full.shape == (10, 1)

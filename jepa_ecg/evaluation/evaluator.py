@@ -27,6 +27,10 @@ from jepa_ecg.models.classifier import probabilities
 PredictFn = Callable[[Any, jax.Array], jax.Array]
 
 
+class EvaluationInterrupted(Exception):
+    """`interrupted()` answered True between two batches: the pass was abandoned."""
+
+
 @dataclasses.dataclass
 class SplitScores:
     """One split scored: record logits, probabilities and macro ROC AUC."""
@@ -64,18 +68,27 @@ class Evaluator:
         self.records_per_batch = max(unit, -(-records_per_batch // unit) * unit)
         self._predict = sharding.jit_data_parallel(predict_fn, mesh, batch_argnums=(1,))
 
-    def logits(self, params: Any, split: str) -> np.ndarray:
+    def logits(self, params: Any, split: str,
+               interrupted: Callable[[], bool] | None = None) -> np.ndarray:
         """(N, C) float32 window-averaged logits of every record of `split`.
 
         Args:
           params: the classifier params (replicated over the mesh).
           split: 'train', 'val' or 'test'.
+          interrupted: asked before each batch; True abandons the pass (a
+            stop signal on a slow host). Only where every process answers
+            alike: a process that leaves alone blocks the others.
+
+        Raises:
+          EvaluationInterrupted: `interrupted()` answered True.
         """
         out = []
         pid, n_proc = jax.process_index(), jax.process_count()
         for windows, real in self.task.eval_batches(
                 split, records_per_batch=self.records_per_batch, crop=self.crop,
                 stride=self.stride):
+            if interrupted is not None and interrupted():
+                raise EvaluationInterrupted(f'{split} pass abandoned after {len(out)} batches')
             share = windows.shape[0] // n_proc
             local = windows[pid * share:(pid + 1) * share]
             global_windows = sharding.host_to_global({'x': local}, self.mesh)['x']
@@ -85,9 +98,10 @@ class Evaluator:
             return np.zeros((0, self.task.num_classes), np.float32)
         return np.concatenate(out).astype(np.float32)
 
-    def evaluate(self, params: Any, split: str) -> SplitScores:
-        """Logits, probabilities and macro ROC AUC of `split`."""
-        logits = self.logits(params, split)
+    def evaluate(self, params: Any, split: str,
+                 interrupted: Callable[[], bool] | None = None) -> SplitScores:
+        """Logits, probabilities and macro ROC AUC of `split` (see `logits`)."""
+        logits = self.logits(params, split, interrupted)
         prob = probabilities(logits, self.task.single_label)
         auc = metrics.macro_roc_auc(self.task.splits[split].targets, prob)
         return SplitScores(logits, prob, auc)

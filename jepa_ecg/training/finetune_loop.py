@@ -41,7 +41,7 @@ from jepa_ecg import sharding
 from jepa_ecg.data import ptbxl as data_lib
 from jepa_ecg.data.stats import LeadStats
 from jepa_ecg.ecg import transforms
-from jepa_ecg.evaluation.evaluator import Evaluator, SplitScores
+from jepa_ecg.evaluation.evaluator import EvaluationInterrupted, Evaluator, SplitScores
 from jepa_ecg.models import ModelConfig
 from jepa_ecg.models.classifier import build_classifier
 from jepa_ecg.training import checkpoint, finetune_step, guard, optim
@@ -197,6 +197,28 @@ class _Progress:
         return self.step_last / max(self.train_time, 1e-9)
 
 
+def evaluate_or_stop(run: Run, params: Any, split: str, stop: guard.StopSignals | None,
+                     step: int, workdir: str) -> SplitScores:
+    """`run.evaluator.evaluate`, abandoned between batches when a stop signal arrives.
+
+    A fine-tuning run restarts from scratch, so a half-done pass loses
+    nothing, and a preemption grace shorter than a pass on a slow host is
+    met. With several processes the signal waits for the next step boundary,
+    where they agree on it (one leaving a pass alone would block the others).
+
+    Raises:
+      guard.StopRequested: a stop signal arrived during the pass.
+    """
+    def signalled() -> bool:
+        return stop.received is not None
+
+    alone = stop is not None and jax.process_count() == 1
+    try:
+        return run.evaluator.evaluate(params, split, signalled if alone else None)
+    except EvaluationInterrupted:
+        raise guard.StopRequested(stop.received, step, workdir, resumable=False) from None
+
+
 def fit_with_validation(run: Run, workdir: str,
                         stop: guard.StopSignals | None = None) -> FitResult:
     """Trains with validation every `eval_every` steps, best weights to Orbax, early stop.
@@ -242,7 +264,7 @@ def fit_with_validation(run: Run, workdir: str,
             if step % config.eval_every and step != total:
                 continue
             t0 = time.time()
-            scores = run.evaluator.evaluate(state.params, 'val')
+            scores = evaluate_or_stop(run, state.params, 'val', stop, step, workdir)
             improved = scores.macro_auc > best_auc
             if improved:
                 best_auc, best_step, best_val = scores.macro_auc, step, scores

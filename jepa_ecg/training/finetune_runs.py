@@ -26,8 +26,8 @@ from jepa_ecg.evaluation.evaluator import SplitScores
 from jepa_ecg.training import checkpoint, config_checks, guard
 from jepa_ecg.training.checkpoint import PREDICTIONS_FILE, RESULTS_FILE
 from jepa_ecg.training.finetune_loop import (EncoderArg, EncoderSource, FitResult, Run,
-                                             resolver_of, build_run, fit_with_validation,
-                                             load_task_data)
+                                             resolver_of, build_run, evaluate_or_stop,
+                                             fit_with_validation, load_task_data)
 
 
 def _results(run: Run, fit: FitResult, test: SplitScores, source: EncoderSource) -> dict:
@@ -134,7 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                  run.num_trainable, run.mesh.devices.size)
     fit = fit_with_validation(run, workdir, stop)
     best_params = checkpoint.restore_best(workdir, target=fit.state.params)
-    test = run.evaluator.evaluate(best_params, 'test')
+    test = evaluate_or_stop(run, best_params, 'test', stop, fit.steps_run, workdir)
     results = _results(run, fit, test, source)
     results['train_subset'] = label_fraction.describe(task_data)
     if config.get('eval_lead_subsets'):
