@@ -111,8 +111,9 @@ def test_kill_and_resume_is_exact(tmp_path, synthetic_tfds_dir):
         assert rows_a[s] == rows_b[s]
 
 
-def _default_sigint():
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# Runs argv[1:] with SIGINT at its default (which an exec keeps).
+_WITH_DEFAULT_SIGINT = ('import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); '
+                        'os.execv(sys.argv[1], sys.argv[1:])')
 
 
 def _run_until(cmd, workdir, steps, sig, tmp_path):
@@ -122,8 +123,8 @@ def _run_until(cmd, workdir, steps, sig, tmp_path):
         # A shell that started the tests in the background passes SIGINT on
         # ignored, and the run leaves an ignored SIGINT ignored: the child gets
         # the default back, as from a terminal.
-        proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=log,
-                                preexec_fn=_default_sigint)
+        proc = subprocess.Popen([sys.executable, '-c', _WITH_DEFAULT_SIGINT] + cmd, env=_env(),
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.time() + 900
         while time.time() < deadline and proc.poll() is None:
             if any(s >= steps for s in _logged_steps(workdir)):
