@@ -315,3 +315,23 @@ def test_a_signal_pending_at_an_evaluation_pass_stops_it_before_its_first_batch(
     assert e.value.step == 4 and e.value.exitcode == 128 + signal.SIGTERM
     assert str(e.value) == (f'stopped by SIGTERM at step 4 of {workdir}: this run does not '
                             f'resume; run the same command to start it again')
+
+
+def test_a_signal_during_lead_subset_scoring_stops_the_finetuning_run(tmp_path):
+    from jepa_ecg.evaluation import lead_subsets  # pylint: disable=g-import-not-at-top
+    from jepa_ecg.training import finetune_loop  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from test_evaluation_protocols import _config as ft_config, _source, _synthetic_task
+    config = ft_config('linear,smoke', total_steps=50, eval_every=4)
+    run = finetune_loop.build_run(config, _synthetic_task(flip_eval=False), _source(), seed=0)
+    workdir = str(tmp_path / 'run')
+    with guard.StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(guard.StopRequested) as e:
+            with finetune_loop.stop_between_batches(stop, 8, workdir) as interrupted:
+                lead_subsets.evaluate_lead_subsets(run.evaluator, run.state.params, 'I+II,I',
+                                                   num_resamples=5, confidence=0.9, seed=0,
+                                                   interrupted=interrupted)
+    assert e.value.step == 8 and e.value.exitcode == 128 + signal.SIGTERM
+    assert str(e.value) == (f'stopped by SIGTERM at step 8 of {workdir}: this run does not '
+                            f'resume; run the same command to start it again')

@@ -17,7 +17,7 @@ from jepa_ecg.data import sources as sources_lib
 from jepa_ecg.data import source_stats as stats_lib
 from jepa_ecg.ecg.leads import LEADS
 from jepa_ecg.evaluation import lead_subsets as subset_eval
-from jepa_ecg.evaluation.evaluator import Evaluator
+from jepa_ecg.evaluation.evaluator import EvaluationInterrupted, Evaluator
 from jepa_ecg.inference import classifier as classifier_lib
 from jepa_ecg.models import model_config
 from jepa_ecg.models.classifier import build_classifier, init_classifier
@@ -113,6 +113,39 @@ def test_subset_scores_equal_cli_predict_fill_missing_zero(tmp_path):
     assert row['macro_auc'] == pytest.approx(scores.macro_auc, abs=1e-12)
     png = subset_eval.plot_lead_subsets({'a': table, 'b': table}, str(tmp_path / 'x.png'))
     assert (tmp_path / 'x.png').stat().st_size > 1000 and png.endswith('x.png')
+
+
+def test_a_subset_table_asked_to_stop_is_abandoned_between_batches():
+    task, _ = _task(1)
+    cfg = model_config('tiny', fs=FS)
+    model = build_classifier(cfg, len(CLASSES), head='attentive')
+    params = init_classifier(model, jax.random.PRNGKey(0), 250)
+    mesh = sharding.make_mesh()
+    evaluator = Evaluator(lambda p, x: model.apply({'params': p}, x), task, mesh=mesh,
+                          crop=250, stride=125, records_per_batch=8)
+    params = jax.device_put(params, sharding.replicated(mesh))
+    asked = []
+
+    def never():
+        asked.append(1)
+        return False
+
+    kw = dict(num_resamples=5, confidence=0.9, seed=0)
+    whole = subset_eval.evaluate_lead_subsets(evaluator, params, '12', interrupted=never, **kw)
+    per_pass = len(asked)  # one question before each batch
+    assert per_pass > 1
+    untouched = subset_eval.evaluate_lead_subsets(evaluator, params, '12', **kw)
+    assert untouched['subsets']['12']['macro_auc'] == whole['subsets']['12']['macro_auc']
+    asked.clear()
+
+    def during_the_second_subset():  # the stop arrives while its first batch runs
+        asked.append(1)
+        return len(asked) > per_pass + 1
+
+    with pytest.raises(EvaluationInterrupted):
+        subset_eval.evaluate_lead_subsets(evaluator, params, '12,I',
+                                          interrupted=during_the_second_subset, **kw)
+    assert len(asked) == per_pass + 2  # nothing asked after the stop
 
 
 def test_lead_dropout_rate_determinism_and_exact_zeros():

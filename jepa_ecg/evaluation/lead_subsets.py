@@ -15,7 +15,7 @@ import copy
 import os
 import time
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib
 
@@ -30,7 +30,8 @@ LEAD_SUBSETS_PNG = 'lead_subsets_auc.png'
 
 def evaluate_lead_subsets(evaluator: Any, params: Any, subsets: str | Sequence[str] |
                           Mapping[str, Sequence[str]], *, split: str = 'test',
-                          num_resamples: int, confidence: float, seed: int) -> dict:
+                          num_resamples: int, confidence: float, seed: int,
+                          interrupted: Callable[[], bool] | None = None) -> dict:
     """Macro AUC per lead subset of one split.
 
     Args:
@@ -40,10 +41,15 @@ def evaluate_lead_subsets(evaluator: Any, params: Any, subsets: str | Sequence[s
       subsets: '12,6-limb,I+II,I'-style spec, a list of names, or {name: leads}.
       split: which split to score.
       num_resamples, confidence, seed: the bootstrap (as for the full test).
+      interrupted: asked before each batch of every subset's pass (see
+        `Evaluator.logits`); True abandons the table.
 
     Returns:
       {'split', 'subsets': {name: {'leads', 'macro_auc', 'macro_auc_ci',
       'macro_auprc', 'per_class_auc', 'seconds'}}}, subsets in the given order.
+
+    Raises:
+      EvaluationInterrupted: `interrupted()` answered True.
     """
     if not isinstance(subsets, Mapping):
         subsets = parse_lead_subsets(subsets)
@@ -55,7 +61,7 @@ def evaluate_lead_subsets(evaluator: Any, params: Any, subsets: str | Sequence[s
             t0 = time.time()
             view = copy.copy(evaluator)
             view.task = restrict_task(evaluator.task, leads)
-            scores = view.evaluate(params, split)
+            scores = view.evaluate(params, split, interrupted)
             rep = view.report(scores, split, num_resamples=num_resamples,
                               confidence=confidence, seed=seed)
             table[name] = {

@@ -27,10 +27,11 @@ sharded and the state replicated (donated).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterator, Union
 
 import jax
 import ml_collections
@@ -197,26 +198,42 @@ class _Progress:
         return self.step_last / max(self.train_time, 1e-9)
 
 
-def evaluate_or_stop(run: Run, params: Any, split: str, stop: guard.StopSignals | None,
-                     step: int, workdir: str) -> SplitScores:
-    """`run.evaluator.evaluate`, abandoned between batches when a stop signal arrives.
+@contextlib.contextmanager
+def stop_between_batches(stop: guard.StopSignals | None, step: int,
+                         workdir: str) -> Iterator[Callable[[], bool] | None]:
+    """The `interrupted` check for evaluation passes, and the stop it raises.
 
-    A fine-tuning run restarts from scratch, so a half-done pass loses
-    nothing, and a preemption grace shorter than a pass on a slow host is
-    met. With several processes the signal waits for the next step boundary,
-    where they agree on it (one leaving a pass alone would block the others).
+    Yields what `Evaluator.logits` asks before each batch (None: never
+    interrupted); an abandoned pass leaves the block as the stop of the run
+    at `step`. A fine-tuning run restarts from scratch, so a half-done pass
+    loses nothing, and a preemption grace shorter than a pass on a slow host
+    is met. With several processes the signal waits for the next step
+    boundary, where they agree on it (one leaving a pass alone would block
+    the others).
 
     Raises:
-      guard.StopRequested: a stop signal arrived during the pass.
+      guard.StopRequested: a stop signal arrived during a pass.
     """
     def signalled() -> bool:
         return stop.received is not None
 
     alone = stop is not None and jax.process_count() == 1
     try:
-        return run.evaluator.evaluate(params, split, signalled if alone else None)
+        yield signalled if alone else None
     except EvaluationInterrupted:
         raise guard.StopRequested(stop.received, step, workdir, resumable=False) from None
+
+
+def evaluate_or_stop(run: Run, params: Any, split: str, stop: guard.StopSignals | None,
+                     step: int, workdir: str) -> SplitScores:
+    """`run.evaluator.evaluate`, abandoned between batches when a stop signal arrives.
+
+    Raises:
+      guard.StopRequested: a stop signal arrived during the pass
+        (`stop_between_batches`).
+    """
+    with stop_between_batches(stop, step, workdir) as interrupted:
+        return run.evaluator.evaluate(params, split, interrupted)
 
 
 def fit_with_validation(run: Run, workdir: str,

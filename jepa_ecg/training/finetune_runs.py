@@ -27,7 +27,8 @@ from jepa_ecg.training import checkpoint, config_checks, guard
 from jepa_ecg.training.checkpoint import PREDICTIONS_FILE, RESULTS_FILE
 from jepa_ecg.training.finetune_loop import (EncoderArg, EncoderSource, FitResult, Run,
                                              resolver_of, build_run, evaluate_or_stop,
-                                             fit_with_validation, load_task_data)
+                                             fit_with_validation, load_task_data,
+                                             stop_between_batches)
 
 
 def _results(run: Run, fit: FitResult, test: SplitScores, source: EncoderSource) -> dict:
@@ -82,15 +83,21 @@ def _write_outputs(workdir: str, results: dict, task: data_lib.PtbxlTask, val: S
         plots_lib.plot_run(workdir, results, t.targets, test.probabilities)
 
 
-def _score_lead_subsets(run: Run, params: Any, workdir: str) -> dict:
-    """Test macro AUC per `config.eval_lead_subsets` subset (+ its plot)."""
+def _score_lead_subsets(run: Run, params: Any, workdir: str,
+                        stop: guard.StopSignals | None, step: int) -> dict:
+    """Test macro AUC per `config.eval_lead_subsets` subset (+ its plot).
+
+    Raises:
+      guard.StopRequested: a stop signal arrived during a subset's pass.
+    """
     # matplotlib is only needed when scoring subsets.
     from jepa_ecg.evaluation import lead_subsets  # pylint: disable=g-import-not-at-top
     config = run.config
-    table = lead_subsets.evaluate_lead_subsets(
-        run.evaluator, params, config.eval_lead_subsets,
-        num_resamples=config.bootstrap.num_resamples, confidence=config.bootstrap.confidence,
-        seed=run.seed)
+    with stop_between_batches(stop, step, workdir) as interrupted:
+        table = lead_subsets.evaluate_lead_subsets(
+            run.evaluator, params, config.eval_lead_subsets,
+            num_resamples=config.bootstrap.num_resamples,
+            confidence=config.bootstrap.confidence, seed=run.seed, interrupted=interrupted)
     logging.info('%s test macro AUC per lead subset:\n%s', run.tag,
                  lead_subsets.format_table(table))
     if config.plots and jax.process_index() == 0:
@@ -138,7 +145,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     results = _results(run, fit, test, source)
     results['train_subset'] = label_fraction.describe(task_data)
     if config.get('eval_lead_subsets'):
-        results['lead_subsets'] = _score_lead_subsets(run, best_params, workdir)
+        results['lead_subsets'] = _score_lead_subsets(run, best_params, workdir, stop,
+                                                      fit.steps_run)
     results['minutes'] = (time.time() - t_start) / 60
     _write_outputs(workdir, results, task_data, fit.best_val, test, config.plots)
     t = results['test']
