@@ -224,11 +224,13 @@ def _train(config: ml_collections.ConfigDict, cfg: ModelConfig, state, start_ste
         due_save = manager.should_save(step) or step == stop or stopping
         if due_save and step % config.log_every:
             _check_loss(step, metrics['loss'], manager)  # no non-finite state is saved
+            previous = None  # checked: not fetched again next step
         if step % config.log_every == 0 or step == stop:
             scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if config.rank_every <= 0 or step % config.rank_every:
                 scalars.pop('target_rank', None)
             _check_finite(scalars, step, manager)
+            previous = None
             now = time.time()
             rate = (step - step_last) / max(now - t_last, 1e-9)
             scalars['steps_per_s'] = rate
