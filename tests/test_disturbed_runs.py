@@ -1,4 +1,4 @@
-"""Disturbed runs: a busy workdir, a dead run's lock, a full disk, a changed model.
+"""Disturbed runs: a busy workdir, a dead run's lock, a full disk, a changed model or recipe.
 
 What a user sees is asserted on real processes and a real filesystem: one
 line naming the holder, the path and cause, or the field that changed;
@@ -184,6 +184,55 @@ def test_a_changed_model_is_refused_before_restoring(tmp_path):
     assert loop.train_and_evaluate(_config(3), str(tmp_path),
                                    input_iterator_fn=_batches(model_config_from(c), 4)
                                    )['step'] == 3
+
+
+def test_the_recorded_recipe_is_compared_field_by_field(tmp_path):
+    recorded = _config(4)
+    path = tmp_path / checkpoint.CONFIG_FILE
+    config_checks.check_same_recipe(str(path), recorded)  # a new workdir: nothing to compare
+    path.write_text(json.dumps({'config': recorded.to_dict()}, default=str))
+    config_checks.check_same_recipe(str(path), recorded)  # tuples read back as lists
+    same = _config(8)  # lengthened, and logged, saved and computed differently
+    same.log_every, same.checkpoint_every, same.model.kernels = 5, 4, 'stock'
+    config_checks.check_same_recipe(str(path), same)
+    for field, value in (('learning_rate', 6e-4), ('final_ema_momentum', 0.998),
+                         ('data.keep_ratio_range', (0.1, 0.15)), ('seed', 1)):
+        c = _config(4)
+        *parents, leaf = field.split('.')
+        (c[parents[0]] if parents else c)[leaf] = value
+        old = _config(4)[parents[0]][leaf] if parents else _config(4)[leaf]
+        with pytest.raises(config_checks.ConfigError) as e:
+            config_checks.check_same_recipe(str(path), c)
+        shown = list(value) if isinstance(value, tuple) else value
+        assert str(e.value) == (
+            f'{tmp_path} holds a run with {field}={list(old) if parents else old!r} but the new '
+            f'config has {field}={shown!r}; use the same config to resume or another --workdir '
+            f'for a new run')
+    # A run recorded before a field existed is not held to it.
+    older = recorded.to_dict()
+    del older['final_ema_momentum']
+    path.write_text(json.dumps({'config': older}, default=str))
+    c = _config(4)
+    c.final_ema_momentum = 0.998
+    config_checks.check_same_recipe(str(path), c)
+
+
+@pytest.mark.slow
+def test_resuming_with_another_recipe_is_refused_and_the_run_goes_on_with_its_own(tmp_path):
+    c = _config(2)
+    loop.train_and_evaluate(c, str(tmp_path), input_iterator_fn=_batches(model_config_from(c), 4))
+    recorded = (tmp_path / checkpoint.CONFIG_FILE).read_text()
+    c2 = _config(4)
+    c2.learning_rate = 6e-4
+    with pytest.raises(config_checks.ConfigError, match=r'holds a run with learning_rate=0.001 '
+                                                         r'but the new config has '
+                                                         r'learning_rate=0.0006;'):
+        loop.train_and_evaluate(c2, str(tmp_path),
+                                input_iterator_fn=_batches(model_config_from(c2), 4))
+    assert (tmp_path / checkpoint.CONFIG_FILE).read_text() == recorded  # the record kept
+    assert loop.train_and_evaluate(_config(4), str(tmp_path),
+                                   input_iterator_fn=_batches(model_config_from(c), 4)
+                                   )['step'] == 4
 
 
 # ----------------------------------------------------------------------------- usage

@@ -128,6 +128,25 @@ SHAPE_FIELDS = ('variant', 'dim', 'depth', 'num_heads', 'pred_dim', 'pred_depth'
                 'patch_size', 'num_registers', 'bias', 'qkv_bias', 'norm_bias')
 
 
+def _recorded(config_path: str) -> dict | None:
+    """A workdir's config.json (None: a new workdir), or ConfigError naming it."""
+    try:
+        with open(config_path, encoding='utf-8') as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f'{config_path} does not read ({e}); it records the config of the '
+                          f'run in {os.path.dirname(config_path)}') from None
+
+
+def _refuse(config_path: str, field: str, recorded: Any, new: Any) -> ConfigError:
+    return ConfigError(
+        f'{os.path.dirname(config_path) or "."} holds a run with {field}={recorded!r} but the '
+        f'new config has {field}={new!r}; use the same config to resume or another --workdir '
+        f'for a new run')
+
+
 def check_same_model(config_path: str, cfg) -> None:
     """Raises ConfigError when a workdir's recorded model differs in shape from `cfg`.
 
@@ -135,18 +154,44 @@ def check_same_model(config_path: str, cfg) -> None:
       config_path: the workdir's config.json (absent for a new workdir: no check).
       cfg: the new run's ModelConfig.
     """
-    try:
-        with open(config_path, encoding='utf-8') as f:
-            recorded = json.load(f).get('model') or {}
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError) as e:
-        raise ConfigError(f'{config_path} does not read ({e}); it records the model of the '
-                          f'run in {os.path.dirname(config_path)}') from None
+    recorded = (_recorded(config_path) or {}).get('model') or {}
     new = cfg.to_dict()
     for field in SHAPE_FIELDS:
         if field in recorded and recorded[field] != new.get(field):
-            raise ConfigError(
-                f'{os.path.dirname(config_path) or "."} holds a run with model.{field}='
-                f'{recorded[field]!r} but the new config has model.{field}={new.get(field)!r}; '
-                f'use the same config to resume or another --workdir for a new run')
+            raise _refuse(config_path, f'model.{field}', recorded[field], new.get(field))
+
+
+# The pre-training fields that decide where a run goes from a checkpoint (its
+# batches, masks, schedules, optimizer and target): a resumed run keeps the
+# values it started with, or its later steps belong to another recipe. How it
+# computes (kernels, dtype, threads, logging, checkpoint cadence, the
+# learning curve's stop_at_step) may change between segments, and so may
+# total_steps: a run lengthened on purpose (its schedules then span the new
+# length from the step reached).
+RECIPE_FIELDS = ('seed', 'global_batch_size', 'warmup_steps', 'learning_rate',
+                 'final_learning_rate', 'lr_decay_fraction', 'warmup_start_learning_rate',
+                 'weight_decay', 'final_weight_decay', 'b1', 'b2', 'eps', 'grad_clip',
+                 'grad_accum_steps', 'ema_momentum', 'final_ema_momentum',
+                 'ema_per_micro_batch', 'target_layer_norm', 'data.mixture',
+                 'data.keep_ratio_range', 'data.min_block_size', 'data.keep_bucket',
+                 'data.lead_dropout')
+
+
+def check_same_recipe(config_path: str, config) -> None:
+    """Raises ConfigError when a run resumed from a workdir would change its recipe.
+
+    Args:
+      config_path: the workdir's config.json (absent for a new workdir: no check).
+      config: the new pre-training config; fields the recorded one lacks (an
+        older run) are not compared.
+    """
+    recorded = (_recorded(config_path) or {}).get('config') or {}
+    new = json.loads(json.dumps(config.to_dict(), default=str))  # as recorded (tuples: lists)
+    for field in RECIPE_FIELDS:
+        old_value, new_value, present = recorded, new, True
+        for key in field.split('.'):
+            present = present and isinstance(old_value, dict) and key in old_value
+            old_value = old_value.get(key) if present else None
+            new_value = new_value.get(key) if isinstance(new_value, dict) else None
+        if present and old_value != new_value:
+            raise _refuse(config_path, field, old_value, new_value)

@@ -111,7 +111,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     Raises:
       guard.StopRequested: SIGTERM/SIGINT arrived; the step reached is saved.
       guard.WorkdirBusyError: another run holds `workdir`.
-      config_checks.ConfigError: the workdir holds a run of another model shape.
+      config_checks.ConfigError: the workdir holds a run of another model shape or,
+        resuming, another recipe (`config_checks.RECIPE_FIELDS`).
       checkpoint.CheckpointSaveError: a save failed (earlier ones are intact).
     """
     config_checks.check_pretrain_config(config)
@@ -146,6 +147,8 @@ def _run(config: ml_collections.ConfigDict, cfg: ModelConfig, workdir: str,
                                       async_save=config.async_checkpoint)
     source_iter = writer = None
     try:
+        if manager.latest_step() is not None:  # resuming: the same recipe, or one line
+            config_checks.check_same_recipe(config_path, config)
         state, start_step = _restore_or_init(config, cfg, tx, mesh, manager)
         if jax.process_index() == 0:
             with open(config_path, 'w') as f:
