@@ -188,10 +188,13 @@ def check_same_recipe(config_path: str, config) -> None:
     recorded = (_recorded(config_path) or {}).get('config') or {}
     new = json.loads(json.dumps(config.to_dict(), default=str))  # as recorded (tuples: lists)
     for field in RECIPE_FIELDS:
-        old_value, new_value, present = recorded, new, True
-        for key in field.split('.'):
-            present = present and isinstance(old_value, dict) and key in old_value
-            old_value = old_value.get(key) if present else None
-            new_value = new_value.get(key) if isinstance(new_value, dict) else None
-        if present and old_value != new_value:
+        try:
+            old_value = _get(recorded, field)
+        except (KeyError, TypeError):
+            continue  # recorded before the field existed
+        try:
+            new_value = _get(new, field)
+        except (KeyError, TypeError):
+            new_value = None
+        if old_value != new_value:
             raise _refuse(config_path, field, old_value, new_value)
