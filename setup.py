@@ -1,6 +1,6 @@
 """jepa_ecg: ECG-JEPA self-supervised pre-training of ViTs on 12-lead ECGs in JAX/Flax."""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 CORE = [
     # The train step's speed was measured and tuned on these (XLA:CPU's dot
@@ -38,8 +38,12 @@ setup(
     license='Apache-2.0',
     license_files=['LICENSE'],
     python_requires='>=3.10',
-    packages=find_packages(include=['jepa_ecg', 'jepa_ecg.*',
-                                    'tfds_builders', 'tfds_builders.*']),
+    # Namespace discovery also lists the builders' dummy_data folders (files
+    # only, no __init__.py), so their test records ship as package data of
+    # a listed package rather than of a folder setuptools does not know.
+    packages=find_namespace_packages(
+        include=['jepa_ecg', 'jepa_ecg.*', 'tfds_builders', 'tfds_builders.*'],
+        exclude=['*.__pycache__']),
     package_data={'tfds_builders': ['*/*.txt', '*/*.bib', '*/*.md',
                                     '*/dummy_data/**/*']},
     include_package_data=True,
