@@ -42,7 +42,7 @@ def _print_summary(summary: dict) -> None:
     for task, s in summary['tasks'].items():
         auc = s['test_macro_auc']
         print(f'{FLAGS.config.protocol} {task}: test macro AUC {auc["mean"]:.4f} '
-              f'+- {auc["std"]:.4f} over {auc["n"]} seed(s); runs: '
+              f'+- {auc["std"]:.4f} over {auc["n"]} seed{"s" if auc["n"] != 1 else ""}; runs: '
               + ', '.join(f'{r["test_macro_auc"]:.4f} [{r["test_macro_auc_ci"][0]:.4f}, '
                           f'{r["test_macro_auc_ci"][1]:.4f}]' for r in s['runs']))
 

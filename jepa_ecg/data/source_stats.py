@@ -110,7 +110,8 @@ def compute_lead_stats(source: str | sources_lib.Source, data_dir: str, *,
     }
 
 
-def save_lead_stats(stats: Mapping, source: str | sources_lib.Source, data_dir: str) -> pathlib.Path:
+def save_lead_stats(stats: Mapping, source: str | sources_lib.Source,
+                    data_dir: str) -> pathlib.Path:
     """Stores `stats` for `source` next to its dataset (merging other sources').
 
     Args:

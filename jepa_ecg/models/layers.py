@@ -30,7 +30,8 @@ def trunc_normal(stddev: float = 0.02, bound: float = 2.0):
     """
     def init(key, shape, dtype=jnp.float32):
         lim = bound / stddev
-        return jax.random.truncated_normal(key, -lim, lim, shape, jnp.float32).astype(dtype) * stddev
+        sample = jax.random.truncated_normal(key, -lim, lim, shape, jnp.float32)
+        return sample.astype(dtype) * stddev
     return init
 
 
