@@ -46,6 +46,14 @@ def test_small_budget_changes_its_recipe_fields_and_nothing_else():
     assert small['learning_rate'] < pub['learning_rate']
 
 
+def test_small_budget_scales_the_published_rate_to_batch_64_by_the_square_root():
+    published_batch = PUBLISHED['global_batch_size']
+    scaled = PUBLISHED['learning_rate'] * (64 / published_batch) ** 0.5
+    assert SMALL['learning_rate'] == pytest.approx(scaled, rel=2e-3)
+    # The learning curve's `cpu` budget is the batch the rate was scaled to.
+    assert curve_configs.get_config('cpu,small_budget').pretrain.global_batch_size == 64
+
+
 @pytest.mark.parametrize('variant', ['vit_tiny', 'vit_b'])
 def test_the_recipe_applies_over_every_variant_and_smoke(variant):
     for extra in ('', ',smoke'):
