@@ -56,12 +56,14 @@ def load_predictions(path: str, split: str = 'test') -> dict:
                 'ecg_ids': f[f'{split}_ecg_ids'], 'classes': f['classes']}
 
 
-def compare(a: dict, b: dict, *, num_resamples: int, confidence: float, seed: int) -> dict:
+def compare(a: dict | list[dict], b: dict | list[dict], *, num_resamples: int,
+            confidence: float, seed: int) -> dict:
     """Paired bootstrap of two prediction sets after checking they score the same records.
 
     Args:
-      a: load_predictions output of run a.
-      b: load_predictions output of run b.
+      a: load_predictions output of run a, or a list of them (several probes
+        of one encoder: a's statistic is their mean macro AUC).
+      b: the same for run b.
       num_resamples: bootstrap resamples.
       confidence: interval coverage.
       seed: resampling seed.
@@ -69,14 +71,18 @@ def compare(a: dict, b: dict, *, num_resamples: int, confidence: float, seed: in
     Returns:
       metrics.paired_bootstrap's dict plus the number of records.
     """
-    if not np.array_equal(a['ecg_ids'], b['ecg_ids']):
-        raise ValueError('the two runs scored different records')
-    if not np.array_equal(a['classes'], b['classes']) or \
-            not np.array_equal(a['targets'], b['targets']):
-        raise ValueError('the two runs have different classes or targets (different tasks?)')
-    out = metrics.paired_bootstrap(a['targets'], a['predictions'], b['predictions'],
+    group_a, group_b = (x if isinstance(x, list) else [x] for x in (a, b))
+    first = group_a[0]
+    for other in group_a[1:] + group_b:
+        if not np.array_equal(first['ecg_ids'], other['ecg_ids']):
+            raise ValueError('the two runs scored different records')
+        if not np.array_equal(first['classes'], other['classes']) or \
+                not np.array_equal(first['targets'], other['targets']):
+            raise ValueError('the two runs have different classes or targets (different tasks?)')
+    out = metrics.paired_bootstrap(first['targets'], [x['predictions'] for x in group_a],
+                                   [x['predictions'] for x in group_b],
                                    num_resamples=num_resamples, confidence=confidence, seed=seed)
-    out['num_records'] = int(len(a['ecg_ids']))
+    out['num_records'] = int(len(first['ecg_ids']))
     return out
 
 

@@ -13,8 +13,11 @@ seed and the paired differences against every random-init seed, then the
 three questions a user asks of a recipe:
 
 * does validation AUC ever fall from one budget to the next by more than
-  its noise (the spread of the random-init encoders' validation AUC, which
-  differ only by seed)?
+  its noise? With several probe seeds per encoder (learning_curve's
+  `probe_seeds`) the noise is the standard error of the difference of two
+  budgets' probe means, from the probes' own spread (pooled over every
+  encoder); with one probe, the spread of the random-init encoders'
+  validation AUC (which differ only by seed), a lower bound.
 * from which budget does every seed beat every random seed (paired CI low
   above zero)?
 * by how much, at the largest budget (the smallest paired difference)?
@@ -53,13 +56,32 @@ def parse_curve_flag(text: str) -> tuple[str, list[str]]:
     return name, dirs
 
 
+def validation_noise(curves: list[dict]) -> tuple[float, str]:
+    """The yardstick of a fall between budgets and where it comes from.
+
+    With probe seeds: the pooled standard deviation of one encoder's probes
+    (validation AUC, over every budget and random encoder holding several)
+    times sqrt(2 / probes), the standard error of a difference of two
+    budgets' means. Without: the random encoders' validation spread.
+    """
+    groups = [[q['best_val_auc'] for q in e['probes']]
+              for c in curves for e in c['points'] + c['random']['runs']
+              if len(e.get('probes', ())) > 1]
+    if not groups:
+        band_val = [r['best_val_auc'] for r in curves[0]['random']['runs']]
+        return float(np.std(band_val)), 'random encoders\' spread'
+    pooled = np.sqrt(sum(np.var(g, ddof=1) * (len(g) - 1) for g in groups)
+                     / sum(len(g) - 1 for g in groups))
+    probes = min(len(g) for g in groups)
+    return float(pooled * np.sqrt(2 / probes)), f'probe spread, {probes} probes per encoder'
+
+
 def summarize(curves: list[dict]) -> dict:
     """One recipe's seeds (curve.json dicts) -> per-budget rows and the three answers."""
     common = sorted(set.intersection(*({p['step'] for p in c['points']} for c in curves)))
     if not common:
         raise ValueError('the runs share no budget yet')
-    band_val = [r['best_val_auc'] for r in curves[0]['random']['runs']]
-    noise = float(np.std(band_val))
+    noise, noise_source = validation_noise(curves)
     rows = []
     for step in common:
         pts = [next(p for p in c['points'] if p['step'] == step) for c in curves]
@@ -83,7 +105,7 @@ def summarize(curves: list[dict]) -> dict:
     first = next((i for i in range(len(rows)) if all(beats[i:])), None)
     return {
         'seeds': len(curves), 'rows': rows,
-        'validation_noise': noise,
+        'validation_noise': noise, 'noise_source': noise_source,
         'largest_validation_fall': float(max(falls)) if falls else 0.0,
         'validation_never_falls_beyond_noise': all(f <= noise for f in falls),
         'beats_every_random_seed_from_step': rows[first]['step'] if first is not None else None,
@@ -99,7 +121,8 @@ def summarize(curves: list[dict]) -> dict:
 def report(name: str, s: dict) -> str:
     lr = (''.join(f'{v}; ' for v in s['lr_schedules'])
           or ''.join(f'peak learning rate {v:g}; ' for v in s['learning_rates']))
-    lines = [f'{name} ({lr}{s["seeds"]} pre-training seed{"s" if s["seeds"] != 1 else ""}; random init '
+    seeds = f'{s["seeds"]} pre-training seed{"s" if s["seeds"] != 1 else ""}'
+    lines = [f'{name} ({lr}{seeds}; random init '
              + ' / '.join(f'{a:.4f}' for a in s['random_band']) + ')',
              '  step  records   test macro AUC per seed   validation per seed   '
              'paired vs random: min diff [min CI low]   loss   rank']
@@ -119,7 +142,7 @@ def report(name: str, s: dict) -> str:
         lines.append(f'  validation AUC rises at every budget, by at least {-fall:.4f}')
     else:
         lines.append(f'  validation AUC falls by up to {fall:.4f} from one budget to the next '
-                     f'(noise {noise:.4f}: '
+                     f'(noise {noise:.4f}, {s["noise_source"]}: '
                      f'{"within" if s["validation_never_falls_beyond_noise"] else "BEYOND"} it)')
     lines.append(f'  every seed beats every random seed (paired CI low > 0) from step {first} on'
                  if first is not None else

@@ -41,8 +41,14 @@ def plot_learning_curve(curve: Mapping, path: str) -> str:
     top.axhline(band['mean'], color='tab:gray', lw=1)
     auc = [p['test_macro_auc'] for p in pts]
     err = [[a - p['ci'][0] for a, p in zip(auc, pts)], [p['ci'][1] - a for a, p in zip(auc, pts)]]
+    probes = curve.get('probe_seeds', 1)
     top.errorbar(x, auc, yerr=err, marker='o', capsize=3, color='tab:blue',
-                 label='JEPA pre-trained (95% CI)')
+                 label='JEPA pre-trained (95% CI)' if probes == 1 else
+                 f'JEPA pre-trained, mean of {probes} probes (95% CI)')
+    if probes > 1:
+        top.plot([v for v, p in zip(x, pts) for _ in p['probes']],
+                 [q['test_macro_auc'] for p in pts for q in p['probes']], 'o', ms=3,
+                 mfc='none', color='tab:blue', alpha=0.6, label='each probe seed')
     top.set_ylabel('test macro AUC (linear)')
     top.set_title(f'{curve["task"]}: ViT-{curve["variant"]} at {curve["fs"]:g} Hz, '
                   f'batch {curve["batch"]}')
@@ -126,9 +132,11 @@ def plot_recipes(curves: Mapping, summaries: Mapping, path: str) -> str:
                    [p['ci'][1] - a for a, p in zip(auc, pts)]]
             top.errorbar([v * (1 + 0.03 * (j - 0.5)) for v in x], auc, yerr=err, marker='o',
                          ms=4, capsize=2, lw=0.8, alpha=0.6, color=color)
+        probes = max(c.get('probe_seeds', 1) for c in seeds)
         top.plot(x, [r['mean_test'] for r in rows], color=color, lw=2.2,
                  label=f'{name} ({len(seeds)} pre-training seed{"s" * (len(seeds) != 1)}, '
-                       'mean; 95% CIs per seed)')
+                       'mean; 95% CIs per seed'
+                       + (f'; {probes} probe seeds per encoder)' if probes > 1 else ')'))
         mid = [(r['min_diff'] + r['max_diff']) / 2 for r in rows]
         bottom.errorbar([v * (1 + 0.04 * k) for v in x], mid,
                         yerr=[[m - r['min_ci_low'] for m, r in zip(mid, rows)],

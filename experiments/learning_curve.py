@@ -10,12 +10,17 @@ horizon, so stopping and resuming changes nothing); at each budget the
 linear protocol is run on its target encoder. Random-init encoders of the
 same variant, several seeds, give the band to beat. Every pre-trained run
 is compared with every random one on the same test records (paired
-bootstrap of the macro-AUC difference). Writes `<workdir>/curve.json`,
-`<workdir>/learning_curve.png`, the pre-training run in `pretrain/`, the
-linear runs in `budget<steps>/` and `random/`. Re-running resumes: budgets
-already scored are read back.
+bootstrap of the macro-AUC difference). `probe_seeds` > 1 probes every
+encoder (each budget's and each random one) that many times with
+different probe seeds and compares their mean macro AUC: the probe's own
+seed moves one encoder's AUC by a few hundredths at the CPU budget.
+Writes `<workdir>/curve.json`, `<workdir>/learning_curve.png`, the
+pre-training run in `pretrain/`, the linear runs in `budget<steps>/` and
+`random/`. Re-running resumes: budgets and probes already scored are read
+back, so a finished curve rerun with more probe seeds only adds probes.
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -28,7 +33,9 @@ from experiments import build_data, compare, console, curve_plots
 from experiments.configs import pretrain as pretrain_configs
 from experiments.configs.learning_curve import budget_steps
 from jepa_ecg import sharding
-from jepa_ecg.inference import resolve, runs
+from jepa_ecg.evaluation import metrics
+from jepa_ecg.inference import resolve
+from jepa_ecg.inference import runs as runs_lib
 from jepa_ecg.training import finetune_loop, finetune_runs, guard, jepa_loop
 from jepa_ecg.training.metrics_writer import read_metrics
 
@@ -50,16 +57,55 @@ def _run_summary(run_dir: str) -> dict:
             'best_val_auc': r['best_val_auc'], 'seed': r['seed'], 'run': run_dir}
 
 
+def _encoder_summary(run_dirs: list[str], config) -> dict:
+    """One encoder's probes (one run per probe seed) as one entry.
+
+    One probe: that run's numbers. Several: the mean test and validation AUC
+    over the probes, the bootstrap CI of the mean test AUC, every probe's own
+    numbers under 'probes' and their run folders under 'probe_runs'; 'seed'
+    and 'run' are the first probe's.
+    """
+    rows = [_run_summary(r) for r in run_dirs]
+    out = dict(rows[0], probe_runs=list(run_dirs))
+    if len(rows) > 1:
+        preds = [compare.load_predictions(r) for r in run_dirs]
+        boot = config.linear.bootstrap
+        ci = metrics.auc_with_ci(preds[0]['targets'], [p['predictions'] for p in preds],
+                                 num_resamples=boot.num_resamples,
+                                 confidence=boot.confidence, seed=0)
+        out.update(test_macro_auc=float(np.mean([r['test_macro_auc'] for r in rows])),
+                   best_val_auc=float(np.mean([r['best_val_auc'] for r in rows])),
+                   ci=[ci['ci_low'], ci['ci_high']],
+                   probes=[{k: r[k] for k in ('seed', 'test_macro_auc', 'best_val_auc')}
+                           for r in rows])
+    return out
+
+
 def random_band(config, workdir: str, stop: guard.StopSignals | None = None) -> dict:
-    """Linear protocol on `config.random_seeds` random-init encoders (their own seeds)."""
+    """Linear protocol on `config.random_seeds` random-init encoders, each probed
+    `config.probe_seeds` times.
+
+    Run k + R * j (R random encoders) is probe j of random encoder k: the
+    encoder drawn from seed `linear.seed + k`, the probe from seed
+    `linear.seed + k + R * j`, so one probe per encoder is the band as it
+    was without probe seeds and added probes resume from it.
+    """
     out = os.path.join(workdir, 'random')
-    runs = [os.path.join(out, config.task, f'seed{k}') for k in range(config.random_seeds)]
+    num, probes = int(config.random_seeds), int(config.probe_seeds)
+    runs = [os.path.join(out, config.task, f'seed{i}') for i in range(num * probes)]
     if not all(os.path.exists(os.path.join(r, 'results.json')) for r in runs):
         spec = f'random:{config.pretrain.model.variant}'
-        finetune_runs.run_all(config.linear, out, tasks=[config.task],
-                              encoder=resolve.make_resolver(spec, config.linear),
-                              num_seeds=config.random_seeds, stop=stop)
-    rows = [_run_summary(r) for r in runs]
+        draw = resolve.make_resolver(spec, config.linear)
+        first_seed = int(config.linear.seed)
+
+        def random_encoder(task, i):
+            source, seed = draw(task, i), first_seed + i % num
+            return dataclasses.replace(source, init_seed=seed,
+                                       description=f'{source.description}, drawn from seed {seed}')
+
+        finetune_runs.run_all(config.linear, out, tasks=[config.task], encoder=random_encoder,
+                              num_seeds=num * probes, skip_finished=True, stop=stop)
+    rows = [_encoder_summary(runs[k::num], config) for k in range(num)]
     aucs = [r['test_macro_auc'] for r in rows]
     return {'runs': rows, 'mean': float(np.mean(aucs)), 'std': float(np.std(aucs)),
             'min': float(np.min(aucs)), 'max': float(np.max(aucs))}
@@ -86,26 +132,29 @@ def pretrain_to(config, pre_dir: str, step: int, stop: guard.StopSignals | None 
 
 
 def linear_at(config, pre_dir: str, step: int, workdir: str,
-              stop: guard.StopSignals | None = None) -> str:
-    """The linear protocol on the target encoder of checkpoint `step`; its run folder."""
+              stop: guard.StopSignals | None = None) -> list[str]:
+    """The linear protocol on the target encoder of checkpoint `step`, once per
+    probe seed (`linear.seed + j`, j < config.probe_seeds); the run folders."""
     out = os.path.join(workdir, f'budget{step}')
-    run = os.path.join(out, config.task, 'seed0')
-    if not os.path.exists(os.path.join(run, 'results.json')):
-        enc = runs.encoder_from_workdir(pre_dir, step=step)
+    runs = [os.path.join(out, config.task, f'seed{j}') for j in range(int(config.probe_seeds))]
+    if not all(os.path.exists(os.path.join(r, 'results.json')) for r in runs):
+        enc = runs_lib.encoder_from_workdir(pre_dir, step=step)
         source = finetune_loop.EncoderSource(
             enc.config, enc.params, lead_stats=enc.lead_stats, spec=f'{pre_dir}@{step}',
             description=f'JEPA target encoder at step {step} of {os.path.abspath(pre_dir)}')
         finetune_runs.run_all(config.linear, out, encoder=source, tasks=[config.task],
-                              stop=stop)
-    return run
+                              num_seeds=len(runs), skip_finished=True, stop=stop)
+    return runs
 
 
-def paired_vs_random(run: str, band: dict, config) -> list:
-    """Paired bootstrap of the pre-trained run against each random-init run."""
+def paired_vs_random(point: dict, band: dict, config) -> list:
+    """Paired bootstrap of the pre-trained encoder against each random-init one
+    (with several probe seeds, of the mean macro AUC over the probes)."""
     boot = config.linear.bootstrap
+    mine = [compare.load_predictions(r) for r in point['probe_runs']]
     out = []
     for r in band['runs']:
-        res = compare.compare(compare.load_predictions(run), compare.load_predictions(r['run']),
+        res = compare.compare(mine, [compare.load_predictions(x) for x in r['probe_runs']],
                               num_resamples=boot.num_resamples, confidence=boot.confidence,
                               seed=0)
         out.append({'random_seed': r['seed'], 'diff': res['diff'], 'ci_low': res['ci_low'],
@@ -142,6 +191,9 @@ def run_curve(config, workdir: str) -> dict:
 
 def _run_curve(config, workdir: str, stop: guard.StopSignals) -> dict:
     t0 = time.time()
+    if int(config.probe_seeds) < 1:
+        raise ValueError(f'config.probe_seeds={config.probe_seeds}: every encoder needs at '
+                         f'least one probe')
     _share_data_dirs(config)
     build_data.for_pretraining(config.pretrain)
     build_data.for_ptbxl(config.linear.data, config.linear.model.fs)
@@ -157,12 +209,14 @@ def _run_curve(config, workdir: str, stop: guard.StopSignals) -> dict:
              'lr_schedule': pretrain_configs.describe_schedule(config.pretrain),
              'pretrain_seed': int(config.pretrain.seed),
              'pretrain_total_steps': int(config.pretrain.total_steps),
-             'linear_steps': int(config.linear.total_steps), 'random': band, 'points': []}
+             'linear_steps': int(config.linear.total_steps),
+             'probe_seeds': int(config.probe_seeds), 'random': band, 'points': []}
     for step in budget_steps(config):
         logged = pretrain_to(config, pre_dir, step, stop)
-        run = linear_at(config, pre_dir, step, workdir, stop)
-        point = {'step': step, 'records_seen': step * batch, **logged, **_run_summary(run)}
-        point['paired'] = paired_vs_random(run, band, config)
+        probe_runs = linear_at(config, pre_dir, step, workdir, stop)
+        point = {'step': step, 'records_seen': step * batch, **logged,
+                 **_encoder_summary(probe_runs, config)}
+        point['paired'] = paired_vs_random(point, band, config)
         curve['points'].append(point)
         p0 = point['paired'][0]
         print(f'{step * batch:>7d} records seen: test macro AUC {point["test_macro_auc"]:.4f} '
@@ -180,6 +234,9 @@ def _run_curve(config, workdir: str, stop: guard.StopSignals) -> dict:
 
 def print_curve(curve: dict) -> None:
     band = curve['random']
+    probes = curve.get('probe_seeds', 1)
+    if probes > 1:
+        print(f'every encoder probed with {probes} probe seeds: the mean of their AUC')
     print(f'random init ({len(band["runs"])} seeds): test macro AUC {band["mean"]:.4f} '
           f'(min {band["min"]:.4f}, max {band["max"]:.4f})')
     win = curve.get('first_budget_beating_random')

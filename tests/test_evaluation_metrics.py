@@ -103,6 +103,28 @@ def test_paired_bootstrap():
     assert flipped['diff'] == pytest.approx(-out['diff'])
 
 
+
+def test_several_probes_of_one_encoder_are_scored_by_their_mean_auc():
+    y, s = _random_task(400, 4, 6)
+    rng = np.random.default_rng(7)
+    other = s + 0.5 * rng.standard_normal(s.shape)
+    worse = s + 2.0 * rng.standard_normal(s.shape)
+    # One probe in a list is the probe itself, interval and all.
+    assert metrics.auc_with_ci(y, [s], num_resamples=200) == metrics.auc_with_ci(
+        y, s, num_resamples=200)
+    assert metrics.paired_bootstrap(y, [s], [worse], num_resamples=200) == \
+        metrics.paired_bootstrap(y, s, worse, num_resamples=200)
+    two = metrics.auc_with_ci(y, [s, other], num_resamples=300)
+    assert two['auc'] == pytest.approx(np.mean([metrics.macro_roc_auc(y, s),
+                                                metrics.macro_roc_auc(y, other)]))
+    assert two['ci_low'] < two['auc'] < two['ci_high']
+    out = metrics.paired_bootstrap(y, [s, other], [worse, worse], num_resamples=300)
+    assert out['auc_a'] == pytest.approx(two['auc'])
+    assert out['diff'] == pytest.approx(two['auc'] - metrics.macro_roc_auc(y, worse))
+    assert 0 < out['ci_low'] <= out['diff'] <= out['ci_high']
+    with pytest.raises(ValueError, match='differ in shape'):
+        metrics.paired_bootstrap(y, [s, s[:10]], worse, num_resamples=10)
+
 def test_classification_report_and_seed_summary():
     y, s = _random_task(300, 3, 4)
     rep = metrics.classification_report(y, s, ['A', 'B', 'C'], num_resamples=50)

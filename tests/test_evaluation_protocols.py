@@ -158,6 +158,27 @@ def test_exported_encoder_and_random_specs_resolve(tmp_path):
                                        'encoder')
 
 
+
+def test_one_random_encoder_probed_with_another_head_seed():
+    """encoder_key draws the encoder alone: the head stays the run key's."""
+    model = build_classifier(model_config('tiny', fs=FS), 3, head='attentive', frozen=True)
+    tx = optim.make_optimizer(get_config('linear,smoke'),
+                              optim.make_schedules(get_config('linear,smoke')))
+    kw = dict(num_samples=250, num_leads=12, frozen_encoder=True)
+    key_a, key_b = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+    a = finetune_step.init_state(model, tx, key_a, **kw)
+    b = finetune_step.init_state(model, tx, key_b, **kw)
+    mixed = finetune_step.init_state(model, tx, key_a, encoder_key=key_b, **kw)
+    same = finetune_step.init_state(model, tx, key_a, encoder_key=key_a, **kw)
+    leaves = jax.tree_util.tree_leaves
+    for x, y in zip(leaves(mixed.frozen), leaves(b.frozen)):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(leaves(mixed.trainable), leaves(a.trainable)):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(leaves(same), leaves(a)):
+        np.testing.assert_array_equal(x, y)
+    assert not all(np.array_equal(x, y) for x, y in zip(leaves(a.frozen), leaves(b.frozen)))
+
 def test_bad_encoder_specs_fail_before_any_run(tmp_path):
     config = _config('linear')
     with pytest.raises(ValueError, match=r"random:XXL: unknown variant 'XXL'; choose from .*XS"):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -15,6 +16,7 @@ from conftest import REPO
 from experiments import compare
 from jepa_ecg.data import label_fraction
 from jepa_ecg.data import ptbxl as data
+from jepa_ecg.training import checkpoint
 
 
 def _imbalanced_labels(n=2000, seed=0):
@@ -184,7 +186,9 @@ def test_smoke_learning_curve_end_to_end(ptbxl_tfds_dir, tmp_path):
     # The budgets are checkpoints of ONE run: the later one resumed the earlier.
     assert {'10', '20'} <= set(os.listdir(tmp_path / 'pretrain' / 'checkpoints'))
     assert (tmp_path / 'learning_curve.png').exists() and 'records seen' in proc.stdout
-    # The recipes' comparison reads the workdir (here as two seeds of one recipe).
+    _probe_seeds_added_later(cmd, tmp_path, curve)
+    # The recipes' comparison reads the workdir (here as two seeds of one recipe);
+    # with two probes per encoder its noise comes from their spread.
     cmp = subprocess.run(
         [sys.executable, '-m', 'experiments.compare_curves',
          f'--curve=published:{tmp_path},{tmp_path}', f'--out={tmp_path / "recipes"}'],
@@ -193,10 +197,44 @@ def test_smoke_learning_curve_end_to_end(ptbxl_tfds_dir, tmp_path):
     assert (f'published ({curve["lr_schedule"]}; 2 pre-training seeds' in cmp.stdout
             and curve['lr_schedule'].endswith('cosine to 1e-06 over the run'))
     with open(tmp_path / 'recipes.json') as f:
-        assert [r['step'] for r in json.load(f)['published']['rows']] == [10, 20]
+        summary = json.load(f)['published']
+    assert [r['step'] for r in summary['rows']] == [10, 20]
+    assert summary['noise_source'] == 'probe spread, 2 probes per encoder'
     assert (tmp_path / 'recipes.png').exists()
     missing = subprocess.run(
         [sys.executable, '-m', 'experiments.compare_curves', f'--curve=x:{tmp_path / "nope"}'],
         env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and 'no learning curve here' in missing.stderr
     assert 'Traceback' not in missing.stderr
+
+
+def _probe_seeds_added_later(cmd, workdir, curve):
+    """The same curve rerun with two probe seeds: every encoder gets a second
+    probe, pre-training is not rerun, the first probes are read back."""
+    proc = subprocess.run(cmd + ['--config.probe_seeds=2'], env=_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'steps 0 ->' not in proc.stderr and 'probed with 2 probe seeds' in proc.stdout
+    with open(workdir / 'curve.json') as f:
+        probed = json.load(f)
+    assert probed['probe_seeds'] == 2
+    for one, two in zip(curve['points'], probed['points']):
+        assert two['probe_runs'] == [one['run'], one['run'][:-len('seed0')] + 'seed1']
+        assert [p['seed'] for p in two['probes']] == [0, 1]
+        assert two['probes'][0]['test_macro_auc'] == one['test_macro_auc']
+        assert two['test_macro_auc'] == pytest.approx(
+            np.mean([p['test_macro_auc'] for p in two['probes']]))
+        assert two['best_val_auc'] == pytest.approx(
+            np.mean([p['best_val_auc'] for p in two['probes']]))
+        assert two['ci'][0] <= two['test_macro_auc'] <= two['ci'][1]
+        assert [d['random_seed'] for d in two['paired']] == [0, 1]
+    # Random encoder k's probes are runs k and k + 2: one encoder, two heads.
+    band = workdir / 'random' / 'superdiagnostic'
+    for k, (one, two) in enumerate(zip(curve['random']['runs'], probed['random']['runs'])):
+        assert two['probe_runs'] == [str(band / f'seed{k}'), str(band / f'seed{k + 2}')]
+        assert two['probes'][0]['test_macro_auc'] == one['test_macro_auc']
+    enc = {k: jax.tree_util.tree_leaves(checkpoint.restore_best(str(band / f'seed{k}'))['encoder'])
+           for k in range(4)}
+    for x, y in zip(enc[0], enc[2]):
+        np.testing.assert_array_equal(x, y)
+    assert not all(np.array_equal(x, y) for x, y in zip(enc[0], enc[1]))

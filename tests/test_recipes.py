@@ -1,5 +1,6 @@
 """The pre-training recipes: the published default untouched, small_budget's fields."""
 
+import numpy as np
 import pytest
 
 from experiments.configs import learning_curve as curve_configs
@@ -121,8 +122,38 @@ def test_recipe_summary_answers_the_three_questions(tmp_path):
     assert (tmp_path / 'r.png').stat().st_size > 10_000 and png.endswith('r.png')
 
 
+
+def test_with_probe_seeds_the_fall_is_measured_against_the_probes_own_spread():
+    from experiments import compare_curves
+    curve = _curve([0.84, 0.81, 0.80], [0.83, 0.80, 0.79], [0.05, 0.02, -0.01])
+    assert compare_curves.validation_noise([curve]) == (
+        pytest.approx(np.std([0.75, 0.76, 0.77])), "random encoders' spread")
+    # Three probes per encoder with a spread (sd 0.02) larger than the random band's.
+    for p in curve['points']:
+        v = p['best_val_auc']
+        p['probes'] = [{'seed': j, 'best_val_auc': v + d, 'test_macro_auc': 0.8}
+                       for j, d in enumerate((-0.02, 0.0, 0.02))]
+    noise, source = compare_curves.validation_noise([curve])
+    assert source == 'probe spread, 3 probes per encoder'
+    assert noise == pytest.approx(0.02 * np.sqrt(2 / 3))
+    s = compare_curves.summarize([curve])
+    assert s['largest_validation_fall'] == pytest.approx(0.03)
+    assert not s['validation_never_falls_beyond_noise']  # 0.03 > 0.0163
+    assert 'probe spread, 3 probes per encoder' in compare_curves.report('x', s)
+
+
+def test_a_curve_without_probes_is_refused_before_any_work(tmp_path):
+    from experiments import learning_curve
+    c = curve_configs.get_config('smoke')
+    with c.unlocked():
+        c.probe_seeds = 0
+    with pytest.raises(ValueError, match='probe_seeds=0'):
+        learning_curve.run_curve(c, str(tmp_path / 'curve'))
+    assert not (tmp_path / 'curve').exists()
+    assert curve_configs.get_config('cpu,probe_seeds=3').probe_seeds == 3
+    assert curve_configs.get_config('cpu').probe_seeds == 1
+
 def test_the_decay_fraction_ends_the_cosine_early_and_holds_its_floor():
-    import numpy as np
     from jepa_ecg.training import optim
     c = curve_configs.get_config('cpu').pretrain
     assert c.lr_decay_fraction == 1.0  # the published cosine spans the run

@@ -13,6 +13,8 @@ Tokens (see common.parse_arg):
                 series halves from it), e.g. `cpu,steps=100` in `make demo`
   budgets=<int> how many budgets in the series (default 6)
   random_seeds=<int>  random-init encoders in the band
+  probe_seeds=<int>   linear probes of every encoder, each with its own seed
+                (default 1); the curve reads their mean
   vit_xs | vit_s | ...  encoder variant (default vit_xs)
   published | small_budget  pre-training recipe (experiments/configs/pretrain.py
                 RECIPES; default published)
@@ -40,7 +42,8 @@ def parse(arg: str | None) -> ml_collections.ConfigDict:
         recipe=common.Choice(pretrain_configs.RECIPE_TOKENS, 'published'),
         steps=0,
         budgets=0,
-        random_seeds=0)
+        random_seeds=0,
+        probe_seeds=1)
 
 
 def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
@@ -53,6 +56,8 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
     c.seed = 0
     c.num_budgets = a.budgets or (3 if smoke else 6)
     c.random_seeds = a.random_seeds or (2 if smoke else 3)
+    # Probes per encoder (budget and random alike), seeds linear.seed + 0, 1, ...
+    c.probe_seeds = a.probe_seeds
     # TFDS data_dir of both stages, and the raw PTB-XL folder to build from.
     c.data_dir = ml_collections.FieldReference(None, field_type=str)
     c.manual_dir = ml_collections.FieldReference(None, field_type=str)

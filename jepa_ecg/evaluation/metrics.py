@@ -14,11 +14,15 @@ undefined there.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Union
 
 import numpy as np
 
 DEFAULT_RESAMPLES = 1000
+
+
+# One predictor's (N, C) scores, or several (probes of one encoder: their mean is scored).
+Scores = Union[np.ndarray, Sequence[np.ndarray]]
 
 
 def _check(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -195,14 +199,15 @@ def percentile_interval(samples: np.ndarray, confidence: float = 0.95) -> tuple[
     return float(lo), float(hi)
 
 
-def auc_with_ci(y_true: np.ndarray, y_score: np.ndarray, *,
+def auc_with_ci(y_true: np.ndarray, y_score: Scores, *,
                 num_resamples: int = DEFAULT_RESAMPLES, confidence: float = 0.95,
                 seed: int = 0) -> dict:
     """Macro AUC with a bootstrap confidence interval over records.
 
     Args:
       y_true: (N, C) binary targets.
-      y_score: (N, C) scores.
+      y_score: (N, C) scores, or a list of them (several probes of one
+        encoder: the statistic is their mean macro AUC).
       num_resamples: bootstrap resamples.
       confidence: interval coverage.
       seed: resampling seed.
@@ -210,17 +215,17 @@ def auc_with_ci(y_true: np.ndarray, y_score: np.ndarray, *,
     Returns:
       {'auc', 'ci_low', 'ci_high', 'bootstrap_std', 'num_resamples', 'confidence'}.
     """
-    y_true, y_score = _check(y_true, y_score)
+    y_true, scores = _check_group(y_true, y_score)
     classes = scorable_classes(y_true)
     weights = bootstrap_weights(y_true, num_resamples, np.random.default_rng(seed), classes)
-    samples = bootstrap_macro_auc(y_true, y_score, weights, classes)
+    samples = _mean_bootstrap_auc(y_true, scores, weights, classes)
     lo, hi = percentile_interval(samples, confidence)
-    return {'auc': macro_roc_auc(y_true, y_score), 'ci_low': lo, 'ci_high': hi,
+    return {'auc': _mean_auc(y_true, scores), 'ci_low': lo, 'ci_high': hi,
             'bootstrap_std': float(samples.std()), 'num_resamples': int(num_resamples),
             'confidence': float(confidence)}
 
 
-def paired_bootstrap(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, *,
+def paired_bootstrap(y_true: np.ndarray, score_a: Scores, score_b: Scores, *,
                      num_resamples: int = DEFAULT_RESAMPLES, confidence: float = 0.95,
                      seed: int = 0) -> dict:
     """Difference of macro AUC (a - b) of two predictors on the same records.
@@ -230,8 +235,9 @@ def paired_bootstrap(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarra
 
     Args:
       y_true: (N, C) binary targets shared by both.
-      score_a: (N, C) scores of run a.
-      score_b: (N, C) scores of run b.
+      score_a: (N, C) scores of run a, or a list of them (several probes of
+        one encoder: a's statistic is their mean macro AUC).
+      score_b: the same for run b.
       num_resamples: bootstrap resamples.
       confidence: interval coverage.
       seed: resampling seed.
@@ -240,18 +246,37 @@ def paired_bootstrap(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarra
       {'auc_a', 'auc_b', 'diff', 'ci_low', 'ci_high', 'p_value'} where p_value
       is the two-sided bootstrap p-value of "no difference".
     """
-    y_true, score_a = _check(y_true, score_a)
-    _, score_b = _check(y_true, score_b)
+    y_true, group_a = _check_group(y_true, score_a)
+    _, group_b = _check_group(y_true, score_b)
     classes = scorable_classes(y_true)
     weights = bootstrap_weights(y_true, num_resamples, np.random.default_rng(seed), classes)
-    diff = (bootstrap_macro_auc(y_true, score_a, weights, classes)
-            - bootstrap_macro_auc(y_true, score_b, weights, classes))
+    diff = (_mean_bootstrap_auc(y_true, group_a, weights, classes)
+            - _mean_bootstrap_auc(y_true, group_b, weights, classes))
     lo, hi = percentile_interval(diff, confidence)
-    auc_a, auc_b = macro_roc_auc(y_true, score_a), macro_roc_auc(y_true, score_b)
+    auc_a, auc_b = _mean_auc(y_true, group_a), _mean_auc(y_true, group_b)
     p = 2.0 * min((diff <= 0).mean(), (diff >= 0).mean())
     return {'auc_a': auc_a, 'auc_b': auc_b, 'diff': auc_a - auc_b, 'ci_low': lo, 'ci_high': hi,
             'p_value': float(min(1.0, p)), 'num_resamples': int(num_resamples),
             'confidence': float(confidence)}
+
+
+def _check_group(y_true: np.ndarray, scores: Scores) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One score array or a list of them -> (targets, [scores...]), shapes checked."""
+    several = isinstance(scores, (list, tuple)) and all(isinstance(s, np.ndarray) for s in scores)
+    group = list(scores) if several else [scores]
+    if not group:
+        raise ValueError('no scores to evaluate')
+    checked = [_check(y_true, s) for s in group]
+    return checked[0][0], [s for _, s in checked]
+
+
+def _mean_auc(y_true: np.ndarray, group: list[np.ndarray]) -> float:
+    return float(np.mean([macro_roc_auc(y_true, s) for s in group]))
+
+
+def _mean_bootstrap_auc(y_true: np.ndarray, group: list[np.ndarray], weights: np.ndarray,
+                        classes: np.ndarray) -> np.ndarray:
+    return np.mean([bootstrap_macro_auc(y_true, s, weights, classes) for s in group], axis=0)
 
 
 def classification_report(y_true: np.ndarray, y_score: np.ndarray, classes: Sequence[str], *,

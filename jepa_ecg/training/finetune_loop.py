@@ -60,6 +60,9 @@ class EncoderSource:
         any (for the record: PTB-XL runs normalise with the train folds').
       description: for results.json.
       spec: the `--encoder` string it was resolved from.
+      init_seed: with no encoder_params, the seed of the encoder's random
+        init when it is not the run's (several probe seeds of one random
+        encoder); None: the run's seed draws encoder and head alike.
     """
     config: ModelConfig
     encoder_params: Any = None
@@ -67,6 +70,7 @@ class EncoderSource:
     lead_stats: LeadStats | None = None
     description: str = ''
     spec: str = ''
+    init_seed: int | None = None
 
 
 Resolver = Callable[[str, int], EncoderSource]
@@ -133,12 +137,15 @@ def build_run(config: ml_collections.ConfigDict, task: data_lib.PtbxlTask,
     mesh = sharding.make_mesh()
     sharding.local_batch_size(config.batch_size, mesh)  # checks divisibility
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+    # The same split of the encoder's own seed: init_seed == seed draws as before.
+    encoder_key = (None if source.init_seed is None
+                   else jax.random.split(jax.random.PRNGKey(source.init_seed))[0])
     schedules = optim.make_schedules(config)
     tx = optim.make_optimizer(config, schedules)
     state = finetune_step.init_state(
         model, tx, init_key, num_samples=crop, num_leads=cfg.num_leads,
         frozen_encoder=config.frozen, encoder_params=source.encoder_params,
-        head_params=source.head_params)
+        head_params=source.head_params, encoder_key=encoder_key)
     train_step, predict_step = finetune_step.make_steps(model, tx, schedules,
                                                         single_label=task.single_label)
     return Run(

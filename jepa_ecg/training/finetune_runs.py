@@ -170,7 +170,7 @@ def _task_summary(reports: list[dict]) -> dict:
 
 
 def run_all(config: ml_collections.ConfigDict, workdir: str, *, encoder: EncoderArg,
-            tasks: list[str], num_seeds: int = 1,
+            tasks: list[str], num_seeds: int = 1, skip_finished: bool = False,
             stop: guard.StopSignals | None = None) -> dict:
     """Runs every task x seed; writes `<workdir>/<task>/seed<k>/` and a summary.
 
@@ -181,6 +181,8 @@ def run_all(config: ml_collections.ConfigDict, workdir: str, *, encoder: Encoder
         EncoderSource` (a linear run's output differs per task and seed).
       tasks: tasks to run.
       num_seeds: repetitions per task (seeds config.seed .. + num_seeds - 1).
+      skip_finished: read back the runs that already wrote their results
+        instead of training and testing them again (more seeds added later).
       stop: stop-signal handlers the caller holds across several calls; None:
         these runs install their own.
 
@@ -204,9 +206,15 @@ def run_all(config: ml_collections.ConfigDict, workdir: str, *, encoder: Encoder
             task_data = load_task_data(config, task, first.config.fs)
             reports = []
             for k in range(num_seeds):
+                run_dir = os.path.join(workdir, task, f'seed{k}')
+                done = os.path.join(run_dir, RESULTS_FILE)
+                if skip_finished and os.path.exists(done):
+                    with open(done) as f:
+                        reports.append(json.load(f))
+                    continue
                 source = first if k == 0 else resolve(task, k)
                 reports.append(train_and_evaluate(
-                    config, os.path.join(workdir, task, f'seed{k}'), encoder=source, task=task,
+                    config, run_dir, encoder=source, task=task,
                     seed_index=k, task_data=task_data, stop=stop))
             summary['tasks'][task] = s = _task_summary(reports)
             logging.info('%s %s over %d seeds: test macro AUC %.4f +- %.4f', config.protocol,

@@ -77,7 +77,7 @@ def merge_pretrained(fresh: Any, pretrained: Any, what: str) -> Any:
 
 def init_state(model, tx: optax.GradientTransformation, key: jax.Array, *, num_samples: int,
                num_leads: int, frozen_encoder: bool, encoder_params: Any = None,
-               head_params: Any = None) -> ClassifierState:
+               head_params: Any = None, encoder_key: jax.Array | None = None) -> ClassifierState:
     """The initial state: fresh params with any pre-trained encoder/head copied in.
 
     Args:
@@ -89,11 +89,17 @@ def init_state(model, tx: optax.GradientTransformation, key: jax.Array, *, num_s
       frozen_encoder: keep the encoder out of the optimiser (linear probing).
       encoder_params: pre-trained encoder params, or None.
       head_params: a previous run's head params, or None.
+      encoder_key: without encoder_params, the key of the encoder's random
+        init when it is not `key` (one random encoder probed with several
+        head seeds); None: `key` draws both.
 
     Returns:
       ClassifierState on the default device (replicate it for a mesh).
     """
-    params = jax.jit(lambda k: init_classifier(model, k, num_samples, num_leads))(key)
+    init = jax.jit(lambda k: init_classifier(model, k, num_samples, num_leads))
+    params = init(key)
+    if encoder_params is None and encoder_key is not None:
+        params['encoder'] = init(encoder_key)['encoder']
     if encoder_params is not None:
         params['encoder'] = merge_pretrained(params['encoder'], encoder_params, 'encoder')
     if head_params is not None:
