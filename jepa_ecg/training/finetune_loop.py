@@ -136,10 +136,9 @@ def build_run(config: ml_collections.ConfigDict, task: data_lib.PtbxlTask,
                              frozen=config.frozen, head_bias=config.head_bias)
     mesh = sharding.make_mesh()
     sharding.local_batch_size(config.batch_size, mesh)  # checks divisibility
-    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
-    # The same split of the encoder's own seed: init_seed == seed draws as before.
-    encoder_key = (None if source.init_seed is None
-                   else jax.random.split(jax.random.PRNGKey(source.init_seed))[0])
+    init_key, dropout_key = _run_keys(seed)
+    # One derivation for both keys: init_seed == seed draws as without it.
+    encoder_key = None if source.init_seed is None else _run_keys(source.init_seed)[0]
     schedules = optim.make_schedules(config)
     tx = optim.make_optimizer(config, schedules)
     state = finetune_step.init_state(
@@ -159,6 +158,12 @@ def build_run(config: ml_collections.ConfigDict, task: data_lib.PtbxlTask,
         num_trainable=finetune_step.num_params(state.trainable),
         tag=f'[{config.protocol} {task.task} seed {seed}]')
 
+
+
+def _run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """(init key, dropout key) of a run seed."""
+    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+    return init_key, dropout_key
 
 @dataclasses.dataclass
 class FitResult:
